@@ -1,0 +1,5 @@
+"""Quarry's HTTP API (FastAPI)."""
+
+from api.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,34 @@
+"""Search a collection by text."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import ReadScope, StateDep
+from api.schemas import SearchHit, SearchRequest, SearchResponse
+from core.errors import InvalidRequest
+
+router = APIRouter(prefix="/v1", tags=["search"])
+
+
+@router.post("/search", dependencies=[ReadScope])
+def search(body: SearchRequest, state: StateDep) -> SearchResponse:
+    """Dense search with optional metadata filters; returns hits and per-stage timings."""
+    limits = state.runtime.settings.limits
+    if body.k > limits.max_k:
+        raise InvalidRequest(f"k={body.k} exceeds the limit of {limits.max_k}")
+    if len(body.query) > limits.max_text_chars:
+        raise InvalidRequest(f"The query exceeds {limits.max_text_chars} characters")
+    result = state.searcher.search(body.collection, body.query, k=body.k, filters=body.filters)
+    for stage, ms in result.timings.items():
+        state.metrics.stage_duration.labels(stage.removesuffix("_ms")).observe(ms / 1000.0)
+    hits = [
+        SearchHit(
+            id=h.external_id,
+            score=h.score,
+            text=h.text if body.include_text else None,
+            metadata=h.metadata,
+        )
+        for h in result.hits
+    ]
+    return SearchResponse(collection=body.collection, data=hits, timings=result.timings)

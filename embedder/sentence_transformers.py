@@ -1,0 +1,191 @@
+"""Sentence-transformers backend with token-budget batching.
+
+Texts are tokenised once; batches of similar length (see :func:`plan_batches`) are padded from
+the pre-tokenised ids and run through the model. Tokenising and padding happen outside the
+forward lock, so one request's preparation overlaps another's forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from core.errors import ModelNotAvailable
+from embedder.base import EmbedKind, check_kind, check_texts, resolve_device
+from embedder.batching import plan_batches
+
+logger = logging.getLogger(__name__)
+
+# Prompt names sentence-transformers' encode_query / encode_document look up, in order.
+_PROMPT_NAMES: dict[str, tuple[str, ...]] = {
+    "query": ("query",),
+    "document": ("document", "passage", "corpus"),
+}
+
+
+class SentenceTransformerEmbedder:
+    """An :class:`~embedder.base.Embedder` over a local sentence-transformers model directory.
+
+    ``query_prefix`` / ``document_prefix`` are prepended to texts of that kind; ``None`` takes
+    the model's own configured prompts (none for all-MiniLM-L6-v2). The model runs in fp16 on
+    CUDA and fp32 on CPU; embeddings are always returned as float32.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        device: str = "auto",
+        batch_tokens: int = 16_384,
+        max_batch_size: int = 256,
+        query_prefix: str | None = None,
+        document_prefix: str | None = None,
+    ) -> None:
+        if batch_tokens < 1 or max_batch_size < 1:
+            raise ValueError("batch_tokens and max_batch_size must be >= 1")
+        self.name = name or str(path)
+        self.device = resolve_device(device)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        try:
+            model = SentenceTransformer(
+                str(path), device=self.device, local_files_only=True, trust_remote_code=False
+            )
+        except Exception as exc:  # any load failure means the files are not a usable model
+            logger.exception("could not load sentence-transformers model from %s", path)
+            raise ModelNotAvailable(
+                f"Model '{self.name}' could not be loaded as a sentence-transformers model."
+            ) from exc
+        if self.device.startswith("cuda"):
+            model.half()
+        self._model = model.eval()
+        self._tokenizer: Any = model.tokenizer
+        dim = model.get_embedding_dimension()
+        max_len = model.max_seq_length
+        if dim is None or max_len is None or self._tokenizer is None:
+            raise ModelNotAvailable(f"Model '{self.name}' is not a text embedding model.")
+        self.dim = int(dim)
+        self.max_seq_length = int(max_len)
+
+        prompts = {k: v for k, v in (model.prompts or {}).items() if v}
+
+        def configured(kind: str) -> str:
+            return next((prompts[p] for p in _PROMPT_NAMES[kind] if p in prompts), "")
+
+        self._prefixes: dict[str, str] = {
+            "query": configured("query") if query_prefix is None else query_prefix,
+            "document": configured("document") if document_prefix is None else document_prefix,
+        }
+        if any(self._prefixes.values()) and any(
+            getattr(m, "include_prompt", True) is False for m in model.children()
+        ):
+            logger.warning(
+                "%s pools without its prompt tokens; Quarry pools over them, so embeddings "
+                "differ slightly from SentenceTransformer.encode(prompt_name=...)",
+                self.name,
+            )
+        self._left_pad = self._tokenizer.padding_side == "left"
+        self._pad_values = {
+            "input_ids": self._tokenizer.pad_token_id or 0,
+            "token_type_ids": getattr(self._tokenizer, "pad_token_type_id", 0),
+        }
+        # Rust tokenizers raise "Already borrowed" when used from two threads at once.
+        self._tokenize_lock = threading.Lock()
+        self._forward_lock = threading.Lock()
+        logger.info(
+            "loaded %s: dim %d, max_seq_length %d, device %s, dtype %s",
+            self.name,
+            self.dim,
+            self.max_seq_length,
+            self.device,
+            next(model.parameters()).dtype,
+        )
+
+    @property
+    def model(self) -> SentenceTransformer:
+        """The underlying sentence-transformers model."""
+        return self._model
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEmbedder(name={self.name!r}, device={self.device!r})"
+
+    def _tokenize(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+        with self._tokenize_lock:
+            encoded = self._tokenizer(
+                list(texts),
+                truncation=True,
+                max_length=self.max_seq_length,
+                padding=False,
+                return_attention_mask=False,
+            )
+        return dict(encoded)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Tokens each text occupies after truncation, special tokens included."""
+        check_texts(texts)
+        if len(texts) == 0:
+            return []
+        return list(map(len, self._tokenize(texts)["input_ids"]))
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: EmbedKind = "document",
+        normalize: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts`` into a float32 ``(len(texts), dim)`` array, rows in input order."""
+        check_texts(texts)
+        check_kind(kind)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if len(texts) == 0:
+            return out
+        prefix = self._prefixes[kind]
+        encoded = self._tokenize([prefix + t for t in texts] if prefix else texts)
+        lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(texts))
+        offsets = np.concatenate(([0], np.cumsum(lengths)))
+        flat = {
+            key: np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
+            for key, rows in encoded.items()
+        }
+        for idx in plan_batches(
+            lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
+        ):
+            features = self._pad(flat, offsets[idx], lengths[idx])
+            with self._forward_lock, torch.inference_mode():
+                emb = self._model.forward(features)["sentence_embedding"].float()
+                if normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
+                out[idx] = emb.cpu().numpy()
+            if progress is not None:
+                progress(len(idx))
+        return out
+
+    def _pad(
+        self, flat: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray
+    ) -> dict[str, torch.Tensor]:
+        """Padded model inputs for the rows ``flat[key][starts[i] : starts[i] + lengths[i]]``."""
+        width = int(lengths.max())
+        cols = np.arange(width)
+        mask = cols >= (width - lengths)[:, None] if self._left_pad else cols < lengths[:, None]
+        # Position in ``flat`` of every real token of the batch, in row-major order (the order
+        # in which boolean-mask assignment fills ``mask``).
+        row_first = np.cumsum(lengths) - lengths
+        src = np.repeat(starts - row_first, lengths) + np.arange(int(lengths.sum()))
+        features: dict[str, torch.Tensor] = {}
+        for key, values in flat.items():
+            padded = np.full(mask.shape, self._pad_values.get(key, 0), dtype=np.int64)
+            padded[mask] = values[src]
+            features[key] = torch.from_numpy(padded).to(self.device)
+        features["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
+        return features

@@ -1,0 +1,3 @@
+"""Neural rerankers and CTR models (not built yet)."""
+
+__all__: list[str] = []

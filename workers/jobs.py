@@ -1,0 +1,234 @@
+"""The work behind each job kind, independent of how it is scheduled (Celery or inline).
+
+Both jobs are idempotent. Ingest embeds the documents still *pending* for the job and
+commits each chunk as a new segment inside one database transaction that also marks the
+documents indexed; the commit re-checks, under the collection lock, which documents are
+still pending, so a retried or duplicated task never adds a vector twice. Compaction
+rebuilds the live vectors of a collection into one trained index and swaps it in the same
+way. A crash between writing a segment's files and committing leaves an orphan directory
+that is never read and is removed by the next compaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from core.db import session_scope
+from core.documents import pending_documents
+from core.errors import CollectionNotFound, QuarryError
+from core.jobs import add_progress, finish, get_job, mark_running
+from core.models import Collection, Document, DocState, Job, JobKind, JobState, Segment
+from indexer import (
+    active_segments,
+    commit_segment,
+    compact_vectors,
+    delete_segment_files,
+    lock_collection,
+    new_segment_name,
+    orphan_segment_dirs,
+    replace_segments,
+    tombstone_ids,
+    write_segment,
+)
+from workers.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+INGEST_SEGMENT_SPEC = "Flat"  # fresh segments are small and exact; compaction trains
+
+
+def _start(rt: Runtime, job_id: str) -> tuple[Job, Collection] | None:
+    """Mark the job running; ``None`` when there is nothing to do (finished already)."""
+    with session_scope(rt.sessions) as s:
+        job = get_job(s, job_id)
+        if job.state == JobState.SUCCEEDED:
+            logger.info("Job %s already succeeded; nothing to do", job_id)
+            return None
+        if job.collection_id is None:
+            raise QuarryError(f"Job {job_id} has no collection")
+        coll = s.get(Collection, job.collection_id)
+        if coll is None:
+            raise CollectionNotFound(f"The collection of job {job_id} was deleted")
+        mark_running(s, job)
+        s.flush()
+        s.expunge_all()
+        return job, coll
+
+
+def run_ingest(rt: Runtime, job_id: str, *, on_progress: Callable[[int], None] | None = None) -> int:
+    """Embed and index the job's pending documents; returns how many were indexed now."""
+    started = _start(rt, job_id)
+    if started is None:
+        return 0
+    _, coll = started
+    embedder = rt.embedders.get(coll.embedder)
+    if embedder.dim != coll.dim:
+        raise QuarryError(
+            f"Model {coll.embedder!r} gives {embedder.dim}-dim vectors but collection "
+            f"{coll.name!r} holds {coll.dim}-dim vectors"
+        )
+    chunk = rt.settings.index.segment_max_docs
+    indexed = 0
+    while True:
+        with session_scope(rt.sessions) as s:
+            batch = [(d.id, d.text) for d in pending_documents(s, job_id, limit=chunk)]
+        if not batch:
+            break
+        ids = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
+        t0 = time.perf_counter()
+        vectors = embedder.embed([t for _, t in batch], kind="document", normalize=False)
+        logger.info(
+            "Job %s: embedded %d docs in %.2fs", job_id, len(batch), time.perf_counter() - t0
+        )
+        n = _commit_chunk(rt, coll.id, job_id, ids, vectors)
+        indexed += n
+        if on_progress is not None:
+            on_progress(n)
+        if n == 0:
+            # Every document of this chunk was taken by a concurrent copy of the job or
+            # deleted meanwhile; what is left for us is re-read on the next turn.
+            continue
+    with session_scope(rt.sessions) as s:
+        job = get_job(s, job_id)
+        finish(s, job)
+    return indexed
+
+
+def _commit_chunk(
+    rt: Runtime, collection_id: int, job_id: str, ids: np.ndarray, vectors: np.ndarray
+) -> int:
+    """Write one segment for the still-pending ``ids`` and commit it; returns its size."""
+    path = None
+    try:
+        with session_scope(rt.sessions) as s:
+            coll = lock_collection(s, collection_id)
+            still = set(
+                s.scalars(
+                    select(Document.id).where(
+                        Document.id.in_(ids.tolist()), Document.state == DocState.PENDING
+                    )
+                )
+            )
+            keep = np.fromiter((int(i) in still for i in ids), dtype=bool, count=len(ids))
+            if not keep.any():
+                return 0
+            name = new_segment_name()
+            path = write_segment(
+                rt.segments_root,
+                collection_id,
+                name,
+                spec=INGEST_SEGMENT_SPEC,
+                metric=coll.metric,  # type: ignore[arg-type]
+                vectors=vectors[keep],
+                ids=ids[keep],
+            )
+            kept = ids[keep].tolist()
+            commit_segment(
+                s,
+                coll,
+                name=name,
+                spec=INGEST_SEGMENT_SPEC,
+                n_vectors=len(kept),
+                doc_ids=kept,
+                job_id=job_id,
+            )
+            add_progress(s, job_id, len(kept))
+        return len(kept)
+    except BaseException:
+        if path is not None:
+            delete_segment_files(path)
+        raise
+
+
+RETIRED_GRACE_S = 600  # readers may still hold a retired segment's old manifest this long
+
+
+def _collect_garbage(rt: Runtime, collection_id: int) -> None:
+    """Remove orphan directories and retired segments past their grace period."""
+    now = time.time()
+    with session_scope(rt.sessions) as s:
+        rows = s.scalars(select(Segment).where(Segment.collection_id == collection_id)).all()
+        keep = {
+            seg.name
+            for seg in rows
+            if seg.active
+            or seg.retired_at is None
+            or now - seg.retired_at.timestamp() < RETIRED_GRACE_S
+        }
+    for path in orphan_segment_dirs(rt.segments_root, collection_id, keep):
+        logger.info("Removing unreferenced segment directory %s", path)
+        delete_segment_files(path)
+
+
+def run_compact(rt: Runtime, job_id: str) -> int:
+    """Merge all live segments of the job's collection into one index of its spec."""
+    started = _start(rt, job_id)
+    if started is None:
+        return 0
+    job, coll = started
+    spec = str(job.params.get("index_spec") or coll.index_spec)
+    _collect_garbage(rt, coll.id)
+    with session_scope(rt.sessions) as s:
+        segments = active_segments(s, coll.id)
+        drop = tombstone_ids(s, coll.id)
+        s.expunge_all()
+    already_compact = len(segments) == 1 and segments[0].index_spec == spec and len(drop) == 0
+    if not segments or already_compact:
+        with session_scope(rt.sessions) as s:
+            finish(s, get_job(s, job_id))
+        return 0
+    root = rt.segments_root / str(coll.id)
+    ids, vectors = compact_vectors([root / seg.name for seg in segments], drop)
+    name = new_segment_name()
+    path = write_segment(
+        rt.segments_root,
+        coll.id,
+        name,
+        spec=spec,
+        metric=coll.metric,  # type: ignore[arg-type]
+        vectors=vectors,
+        ids=ids,
+    )
+    try:
+        with session_scope(rt.sessions) as s:
+            locked = lock_collection(s, coll.id)
+            live = {seg.id for seg in active_segments(s, coll.id)}
+            if any(seg.id not in live for seg in segments):
+                raise QuarryError("The collection's segments changed during compaction; retry")
+            replace_segments(
+                s,
+                locked,
+                retired=[seg for seg in segments if seg.id in live],
+                name=name,
+                spec=spec,
+                n_vectors=len(ids),
+                kept_doc_ids=ids.tolist(),
+                job_id=job_id,
+            )
+            job_row = get_job(s, job_id)
+            job_row.total = job_row.done = len(ids)
+            finish(s, job_row)
+    except BaseException:
+        delete_segment_files(path)
+        raise
+    return len(ids)
+
+
+RUNNERS: dict[str, Callable[[Runtime, str], Any]] = {
+    JobKind.INGEST: run_ingest,
+    JobKind.COMPACT: run_compact,
+}
+
+
+def fail_job(rt: Runtime, job_id: str, message: str) -> None:
+    """Record a permanent failure (after the last retry or on a non-retryable error)."""
+    with session_scope(rt.sessions) as s:
+        job = s.get(Job, job_id)
+        if job is not None and job.state != JobState.SUCCEEDED:
+            finish(s, job, error=message)

@@ -1,0 +1,59 @@
+"""Celery tasks: thin wrappers that retry transient failures and record permanent ones."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from core.errors import QuarryError
+from workers.celery_app import TASK_COMPACT, TASK_INGEST
+from workers.jobs import fail_job, run_compact, run_ingest
+from workers.runtime import get_runtime
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OperationalError,
+    DBAPIError,
+    RedisConnectionError,
+    ConnectionError,
+    TimeoutError,
+)
+MAX_RETRIES = 5
+
+
+def _run(task: Task, runner: Any, job_id: str) -> int:
+    rt = get_runtime()
+    try:
+        return int(runner(rt, job_id))
+    except QuarryError as exc:  # a domain error will not heal by retrying
+        logger.warning("Job %s failed: %s", job_id, exc.message)
+        fail_job(rt, job_id, exc.message)
+        return 0
+    except TRANSIENT as exc:
+        if task.request.retries >= MAX_RETRIES:
+            fail_job(rt, job_id, f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}")
+            raise
+        delay = min(2 ** (task.request.retries + 1), 60)
+        logger.warning("Job %s: transient %s, retrying in %ss", job_id, type(exc).__name__, delay)
+        raise task.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES) from exc
+    except Exception as exc:
+        logger.exception("Job %s crashed", job_id)
+        fail_job(rt, job_id, f"internal error ({type(exc).__name__}); see worker logs")
+        raise
+
+
+@shared_task(bind=True, name=TASK_INGEST, acks_late=True, max_retries=MAX_RETRIES)
+def ingest(self: Task, job_id: str) -> int:
+    """Embed a job's pending documents and commit them as segments."""
+    return _run(self, run_ingest, job_id)
+
+
+@shared_task(bind=True, name=TASK_COMPACT, acks_late=True, max_retries=MAX_RETRIES)
+def compact(self: Task, job_id: str) -> int:
+    """Merge a collection's segments into one index of its spec."""
+    return _run(self, run_compact, job_id)
