@@ -32,10 +32,13 @@ class CollectionPublic(BaseModel):
     manifest_version: int
     documents: dict[str, int] = Field(default_factory=dict)
     segments: int = 0
+    vectors: int = 0
     created_at: datetime
 
     @classmethod
-    def of(cls, c: Collection, *, documents: dict[str, int], segments: int) -> CollectionPublic:
+    def of(
+        cls, c: Collection, *, documents: dict[str, int], segments: int, vectors: int
+    ) -> CollectionPublic:
         return cls(
             name=c.name,
             embedder=c.embedder,
@@ -46,6 +49,7 @@ class CollectionPublic(BaseModel):
             manifest_version=c.manifest_version,
             documents=documents,
             segments=segments,
+            vectors=vectors,
             created_at=c.created_at,
         )
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 TaskMode = Literal["inline", "celery"]
 
@@ -65,7 +65,8 @@ class Settings(BaseSettings):
     result_backend: str | None = None
     redis_url: str | None = None
     task_mode: TaskMode | None = None
-    api_keys: list[str] = Field(default_factory=list)
+    # Comma-separated in the environment (QUARRY_API_KEYS=key1,key2).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
     log_json: bool = False
     limits: Limits = Field(default_factory=Limits)

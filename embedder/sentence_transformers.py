@@ -47,6 +47,7 @@ class SentenceTransformerEmbedder:
         device: str = "auto",
         batch_tokens: int = 16_384,
         max_batch_size: int = 256,
+        min_fill: float = 0.0,
         query_prefix: str | None = None,
         document_prefix: str | None = None,
     ) -> None:
@@ -56,6 +57,7 @@ class SentenceTransformerEmbedder:
         self.device = resolve_device(device)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
+        self.min_fill = min_fill
         try:
             model = SentenceTransformer(
                 str(path), device=self.device, local_files_only=True, trust_remote_code=False
@@ -159,7 +161,10 @@ class SentenceTransformerEmbedder:
             for key, rows in encoded.items()
         }
         for idx in plan_batches(
-            lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
+            lengths,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            min_fill=self.min_fill,
         ):
             features = self._pad(flat, offsets[idx], lengths[idx])
             with self._forward_lock, torch.inference_mode():

@@ -24,11 +24,16 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
 
 def _public(session: SessionDep, coll: Collection) -> CollectionPublic:
-    n_segments = session.scalar(
-        select(func.count()).where(Segment.collection_id == coll.id, Segment.active.is_(True))
-    )
+    n_segments, n_vectors = session.execute(
+        select(func.count(), func.coalesce(func.sum(Segment.n_vectors), 0)).where(
+            Segment.collection_id == coll.id, Segment.active.is_(True)
+        )
+    ).one()
     return CollectionPublic.of(
-        coll, documents=repo.document_counts(session, coll.id), segments=int(n_segments or 0)
+        coll,
+        documents=repo.document_counts(session, coll.id),
+        segments=int(n_segments),
+        vectors=int(n_vectors),
     )
 
 

