@@ -37,9 +37,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def require(scope: str) -> Callable[..., None]:
-    def _check(
-        state: StateDep, authorization: Annotated[str | None, Header()] = None
-    ) -> None:
+    def _check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
         state.keys.check(authorization, scope)
 
     return _check

@@ -36,5 +36,7 @@ class Metrics:
             "quarry_jobs_enqueued_total", "Jobs submitted", ["kind"], registry=self.registry
         )
         self.models_loaded = Gauge(
-            "quarry_models_loaded", "Embedding models loaded in this process", registry=self.registry
+            "quarry_models_loaded",
+            "Embedding models loaded in this process",
+            registry=self.registry,
         )

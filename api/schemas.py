@@ -16,7 +16,9 @@ class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(..., examples=["papers"])
-    embedder: str | None = Field(None, description="Model name or local path; default model if unset")
+    embedder: str | None = Field(
+        None, description="Model name or local path; default model if unset"
+    )
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     index_spec: str = Field("Flat", description="FAISS factory string used by compaction")
     description: str | None = None

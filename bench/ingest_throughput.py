@@ -81,7 +81,9 @@ def main() -> None:
             rt.embedders.get("all-MiniLM-L6-v2").embed(texts[:64])  # warm-up
             sync()
             t0 = time.perf_counter()
-            report = index_documents(rt, dispatcher, "bench", docs, show_progress=False, poll_s=0.05)
+            report = index_documents(
+                rt, dispatcher, "bench", docs, show_progress=False, poll_s=0.05
+            )
             sync()
             quarry_times.append(time.perf_counter() - t0)
             assert report.indexed == len(docs), report
@@ -91,12 +93,17 @@ def main() -> None:
 
     n = len(docs)
     base_s, quarry_s = statistics.median(base_times), statistics.median(quarry_times)
-    tokens = sum(len(x) for x in st.tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"])
+    tokens = sum(
+        len(x)
+        for x in st.tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"]
+    )
     result = {
         "name": "ingest_throughput",
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine(),
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else platform.processor() or platform.machine(),
         "device_kind": args.device,
         "threads": torch.get_num_threads(),
         "versions": {
@@ -109,16 +116,27 @@ def main() -> None:
         "docs": n,
         "tokens": tokens,
         "repeats": args.repeats,
-        "baseline": {"what": "SentenceTransformer.encode(batch_size=32), embedding only",
-                     "median_s": base_s, "docs_per_s": n / base_s},
-        "quarry": {"what": "quarry index path: DB upsert + ingest job + segment write + manifest commit",
-                   "median_s": quarry_s, "docs_per_s": n / quarry_s},
+        "baseline": {
+            "what": "SentenceTransformer.encode(batch_size=32), embedding only",
+            "median_s": base_s,
+            "docs_per_s": n / base_s,
+        },
+        "quarry": {
+            "what": "quarry index path: DB upsert + ingest job + segment write + manifest commit",
+            "median_s": quarry_s,
+            "docs_per_s": n / quarry_s,
+        },
         "ratio_quarry_over_baseline": (n / quarry_s) / (n / base_s),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"ingest_throughput_{args.device.split(':')[0]}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("docs", "baseline", "quarry", "ratio_quarry_over_baseline")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("docs", "baseline", "quarry", "ratio_quarry_over_baseline")},
+            indent=2,
+        )
+    )
     print(f"wrote {path}")
 
 

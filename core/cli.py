@@ -52,7 +52,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port")] = 8000,
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes")] = 1,
-    demo: Annotated[bool, typer.Option(help="Index the bundled Cranfield demo corpus first")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Index the bundled Cranfield demo corpus first")
+    ] = False,
     migrate: Annotated[
         bool | None,
         typer.Option(help="Run migrations first (default: only for the embedded SQLite database)"),
@@ -65,7 +67,9 @@ def serve(
 
     settings = _setup()
     if workers > 1 and settings.resolved_task_mode == "inline":
-        raise QuarryError("Several API workers need a broker (QUARRY_BROKER_URL) and a database server")
+        raise QuarryError(
+            "Several API workers need a broker (QUARRY_BROKER_URL) and a database server"
+        )
     if migrate if migrate is not None else settings.is_embedded:
         migrations.upgrade(settings.resolved_database_url)
     if demo:
@@ -348,4 +352,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import CollectionExists, CollectionNotFound, InvalidRequest
-from core.models import Collection, Document, DocState
+from core.models import Collection, DocState, Document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 METRICS = ("cosine", "ip", "l2")

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import DocumentNotFound, InvalidRequest
-from core.models import Collection, Document, DocState
+from core.models import Collection, DocState, Document
 
 _CHUNK = 500  # bound IN (...) lists; SQLite allows ~32k parameters, Postgres 65k
 
@@ -187,7 +187,7 @@ def _equals(key: str, value: Any) -> ColumnElement[bool]:
     )
 
 
-def filter_statement(collection_id: int, filters: dict[str, Any]) -> Select[tuple[int]]:
+def filter_statement(collection_id: int, filters: dict[str, Any]) -> Select[Any]:
     stmt = select(Document.id).where(
         Document.collection_id == collection_id, Document.state == DocState.INDEXED
     )

@@ -83,11 +83,15 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.task_mode == "celery" and not self.broker_url:
-            raise ValueError("QUARRY_TASK_MODE=celery needs QUARRY_BROKER_URL (e.g. redis://localhost:6379/0)")
+            raise ValueError(
+                "QUARRY_TASK_MODE=celery needs QUARRY_BROKER_URL (e.g. redis://localhost:6379/0)"
+            )
         if self.env == "prod":
             weak = [k for k in self.api_keys if len(k) < 16 or k in {"changeme", "secret", "dev"}]
             if weak:
-                raise ValueError("API keys must be at least 16 characters and not a default outside dev")
+                raise ValueError(
+                    "API keys must be at least 16 characters and not a default outside dev"
+                )
         return self
 
     @property

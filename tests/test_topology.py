@@ -33,7 +33,9 @@ class Proc:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("w")
-        self.p = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def tail(self, n: int = 60) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()
@@ -101,14 +103,19 @@ def _wait_jobs(client: httpx.Client, job_ids: list[str], procs: list[Proc]) -> l
 
 
 def test_ingest_search_delete_over_the_full_stack(stack: dict) -> None:
-    docs = [{"id": d.external_id, "text": d.text, "metadata": d.metadata} for d in read_jsonl(DEMO_CORPUS)]
+    docs = [
+        {"id": d.external_id, "text": d.text, "metadata": d.metadata}
+        for d in read_jsonl(DEMO_CORPUS)
+    ]
     assert len(docs) >= 1000
     with httpx.Client(base_url=stack["base"], timeout=120) as client:
         r = client.post("/v1/collections", json={"name": "cranfield"})
         assert r.status_code == 201, r.text
         job_ids = []
         for start in range(0, len(docs), 700):
-            r = client.post("/v1/collections/cranfield/documents", json={"documents": docs[start : start + 700]})
+            r = client.post(
+                "/v1/collections/cranfield/documents", json={"documents": docs[start : start + 700]}
+            )
             assert r.status_code == 202, r.text
             job_ids.append(r.json()["job"]["id"])
         jobs = _wait_jobs(client, job_ids, stack["procs"])
@@ -128,7 +135,9 @@ def test_ingest_search_delete_over_the_full_stack(stack: dict) -> None:
         rng = random.Random(7)
         sample = rng.sample(docs, 25)
         for doc in sample:
-            r = client.post("/v1/search", json={"collection": "cranfield", "query": doc["text"], "k": 3})
+            r = client.post(
+                "/v1/search", json={"collection": "cranfield", "query": doc["text"], "k": 3}
+            )
             assert r.status_code == 200, r.text
             top = r.json()["data"][0]
             # Cranfield holds a few verbatim duplicates: the same text at rank 1 counts too.
@@ -136,11 +145,20 @@ def test_ingest_search_delete_over_the_full_stack(stack: dict) -> None:
 
         victims = sample[:10]
         for doc in victims[:5]:
-            assert client.delete(f"/v1/collections/cranfield/documents/{doc['id']}").status_code == 204
-        r = client.post("/v1/collections/cranfield/documents/delete", json={"ids": [d["id"] for d in victims[5:]]})
+            assert (
+                client.delete(f"/v1/collections/cranfield/documents/{doc['id']}").status_code == 204
+            )
+        r = client.post(
+            "/v1/collections/cranfield/documents/delete",
+            json={"ids": [d["id"] for d in victims[5:]]},
+        )
         assert r.json() == {"deleted": 5}
         for doc in victims:
-            hits = client.post("/v1/search", json={"collection": "cranfield", "query": doc["text"], "k": 10}).json()["data"]
+            hits = client.post(
+                "/v1/search", json={"collection": "cranfield", "query": doc["text"], "k": 10}
+            ).json()["data"]
             assert doc["id"] not in [h["id"] for h in hits]
             assert client.get(f"/v1/collections/cranfield/documents/{doc['id']}").status_code == 404
-        assert client.get("/v1/collections/cranfield").json()["documents"]["indexed"] == len(docs) - 10
+        assert (
+            client.get("/v1/collections/cranfield").json()["documents"]["indexed"] == len(docs) - 10
+        )

@@ -56,8 +56,8 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 @worker_init.connect
 def _refuse_unmigrated(**_: Any) -> None:
     """Stop the worker at start when the schema is not at the latest revision."""
-    from core.migrate import ensure_migrated
     from core.db import make_engine
+    from core.migrate import ensure_migrated
 
     engine = make_engine(get_settings().resolved_database_url)
     try:

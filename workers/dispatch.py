@@ -37,8 +37,13 @@ class CeleryDispatcher:
     def submit(self, kind: JobKind, job_id: str) -> None:
         name = TASK_NAMES[kind]
         try:
-            self._app.send_task(name, args=[job_id], queue=TASK_QUEUES[name], retry=True,
-                                retry_policy={"max_retries": 3, "interval_start": 0.2})
+            self._app.send_task(
+                name,
+                args=[job_id],
+                queue=TASK_QUEUES[name],
+                retry=True,
+                retry_policy={"max_retries": 3, "interval_start": 0.2},
+            )
         except Exception as exc:
             logger.error("Could not enqueue job %s: %s", job_id, exc)
             raise ServiceUnavailable(

@@ -23,7 +23,7 @@ from core.db import session_scope
 from core.documents import pending_documents
 from core.errors import CollectionNotFound, QuarryError
 from core.jobs import add_progress, finish, get_job, mark_running
-from core.models import Collection, Document, DocState, Job, JobKind, JobState, Segment
+from core.models import Collection, DocState, Document, Job, JobKind, JobState, Segment
 from indexer import (
     active_segments,
     commit_segment,
@@ -61,7 +61,9 @@ def _start(rt: Runtime, job_id: str) -> tuple[Job, Collection] | None:
         return job, coll
 
 
-def run_ingest(rt: Runtime, job_id: str, *, on_progress: Callable[[int], None] | None = None) -> int:
+def run_ingest(
+    rt: Runtime, job_id: str, *, on_progress: Callable[[int], None] | None = None
+) -> int:
     """Embed and index the job's pending documents; returns how many were indexed now."""
     started = _start(rt, job_id)
     if started is None:

@@ -81,9 +81,7 @@ def delete_collection(name: str, session: SessionDep, state: StateDep) -> None:
     shutil.rmtree(state.runtime.segments_root / str(coll.id), ignore_errors=True)
 
 
-@router.post(
-    "/{name}/compact", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteScope]
-)
+@router.post("/{name}/compact", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteScope])
 def compact_collection(
     name: str, session: SessionDep, state: StateDep, body: CompactRequest | None = None
 ) -> JobPublic:

@@ -62,7 +62,9 @@ def openai_embeddings(body: OpenAIEmbeddingsRequest, state: StateDep) -> OpenAIE
     elif raw and all(isinstance(x, str) for x in raw):
         texts = [str(x) for x in raw]
     else:
-        raise InvalidRequest("`input` must be a string or a list of strings; token ids are not supported")
+        raise InvalidRequest(
+            "`input` must be a string or a list of strings; token ids are not supported"
+        )
     name, vectors, tokens = _embed(state, texts, body.model, "document", True)
     if body.dimensions is not None and body.dimensions != vectors.shape[1]:
         raise InvalidRequest(
@@ -72,9 +74,9 @@ def openai_embeddings(body: OpenAIEmbeddingsRequest, state: StateDep) -> OpenAIE
     data: list[OpenAIEmbedding] = []
     for i, vec in enumerate(vectors):
         if body.encoding_format == "base64":
-            payload: list[float] | str = base64.b64encode(
-                vec.astype("<f4").tobytes()
-            ).decode("ascii")
+            payload: list[float] | str = base64.b64encode(vec.astype("<f4").tobytes()).decode(
+                "ascii"
+            )
         else:
             payload = vec.tolist()
         data.append(OpenAIEmbedding(index=i, embedding=payload))

@@ -39,8 +39,9 @@ def readyz(state: StateDep) -> JSONResponse:
     checks["models"] = loaded
     model_ok = not settings.embedder.preload or bool(loaded)
     ok = checks["database"] == "ok" and checks["broker"] in ("ok", "inline") and model_ok
-    return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
-                        status_code=200 if ok else 503)
+    return JSONResponse(
+        {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+    )
 
 
 def _ping_broker(url: str) -> str:

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 
 @pytest.fixture
-def client(sqlite_settings) -> Iterator[TestClient]:  # noqa: ANN001
+def client(sqlite_settings) -> Iterator[TestClient]:
     """The real app on SQLite with in-process jobs and the real MiniLM model."""
     from api.app import create_app
 

@@ -49,7 +49,9 @@ def test_ingest_search_get_delete(client: TestClient) -> None:
     job = wait_job(client, accepted["job"]["id"])
     assert job["state"] == "succeeded" and job["done"] == len(TOPICS) == job["total"]
 
-    r = client.post("/v1/search", json={"collection": "kb", "query": "interest rates and inflation", "k": 3})
+    r = client.post(
+        "/v1/search", json={"collection": "kb", "query": "interest rates and inflation", "k": 3}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["data"][0]["id"] == "finance"
@@ -61,7 +63,9 @@ def test_ingest_search_get_delete(client: TestClient) -> None:
 
     assert client.get("/v1/collections/kb/documents/cook").json()["state"] == "indexed"
     assert client.delete("/v1/collections/kb/documents/finance").status_code == 204
-    r = client.post("/v1/search", json={"collection": "kb", "query": "interest rates and inflation", "k": 10})
+    r = client.post(
+        "/v1/search", json={"collection": "kb", "query": "interest rates and inflation", "k": 10}
+    )
     assert "finance" not in [h["id"] for h in r.json()["data"]]
     assert len(r.json()["data"]) == len(TOPICS) - 1
     r = client.get("/v1/collections/kb/documents/finance")
@@ -82,7 +86,9 @@ def test_metadata_filters(client: TestClient) -> None:
     q = {"collection": "kb", "query": "interest rates and inflation", "k": 10}
     hits = client.post("/v1/search", json={**q, "filters": {"even": True}}).json()["data"]
     assert {h["id"] for h in hits} == {"astro", "football", "biology"}
-    hits = client.post("/v1/search", json={**q, "filters": {"topic": ["cook", "music"]}}).json()["data"]
+    hits = client.post("/v1/search", json={**q, "filters": {"topic": ["cook", "music"]}}).json()[
+        "data"
+    ]
     assert {h["id"] for h in hits} == {"cook", "music"}
     hits = client.post("/v1/search", json={**q, "filters": {"n": 3}}).json()["data"]
     assert [h["id"] for h in hits] == ["finance"]
@@ -96,11 +102,17 @@ def test_reingest_is_idempotent_and_updates_replace(client: TestClient) -> None:
     again = _ingest(client, "kb", _docs())
     assert again["unchanged"] == len(TOPICS) and again["created"] == 0
     assert again["job"]["state"] == "succeeded"  # nothing to embed
-    changed = {"id": "cook", "text": "Quantum computers use qubits in superposition.", "metadata": {}}
+    changed = {
+        "id": "cook",
+        "text": "Quantum computers use qubits in superposition.",
+        "metadata": {},
+    }
     upd = _ingest(client, "kb", [changed])
     assert upd["updated"] == 1
     wait_job(client, upd["job"]["id"])
-    hits = client.post("/v1/search", json={"collection": "kb", "query": "qubits", "k": 10}).json()["data"]
+    hits = client.post("/v1/search", json={"collection": "kb", "query": "qubits", "k": 10}).json()[
+        "data"
+    ]
     assert hits[0]["id"] == "cook" and "qubits" in hits[0]["text"]
     assert [h["id"] for h in hits].count("cook") == 1  # the old vector is a tombstone
     assert client.get("/v1/collections/kb").json()["documents"]["indexed"] == len(TOPICS)
@@ -118,14 +130,16 @@ def test_compaction_keeps_results(client: TestClient) -> None:
     assert job["state"] == "succeeded" and job["done"] == len(TOPICS) - 1
     assert client.get("/v1/collections/kb").json()["segments"] == 1
     for key, text in TOPICS.items():
-        hits = client.post("/v1/search", json={"collection": "kb", "query": text, "k": 1}).json()["data"]
+        hits = client.post("/v1/search", json={"collection": "kb", "query": text, "k": 1}).json()[
+            "data"
+        ]
         if key == "astro":
             assert hits[0]["id"] != "astro"
         else:
             assert hits[0]["id"] == key
 
 
-def test_embed_and_openai_embeddings(client: TestClient, minilm) -> None:  # noqa: ANN001
+def test_embed_and_openai_embeddings(client: TestClient, minilm) -> None:
     texts = ["hello world", "a much longer sentence about the weather in the mountains"]
     r = client.post("/v1/embed", json={"inputs": texts})
     assert r.status_code == 200
@@ -167,18 +181,22 @@ def test_errors_are_json_with_stable_codes(client: TestClient) -> None:
     _create(client, "dup")
     r = client.post("/v1/collections", json={"name": "dup"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "collection_exists"
-    r = client.post("/v1/collections/dup/documents", json={"documents": [
-        {"id": "a", "text": "x"}, {"id": "a", "text": "y"}]})
+    r = client.post(
+        "/v1/collections/dup/documents",
+        json={"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
+    )
     assert r.status_code == 422 and "Duplicate" in r.json()["error"]["message"]
     r = client.get("/v1/jobs/nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "job_not_found"
-    r = client.post("/v1/search", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/search", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and "error" in r.json()
     r = client.post("/v1/search", json={"collection": "dup", "query": "x", "k": 100000})
     assert r.status_code == 422 and "limit" in r.json()["error"]["message"]
 
 
-def test_request_limits(sqlite_settings) -> None:  # noqa: ANN001
+def test_request_limits(sqlite_settings) -> None:
     from api.app import create_app
 
     sqlite_settings.limits.max_batch_docs = 3
@@ -204,7 +222,7 @@ def test_health_ready_metrics(client: TestClient) -> None:
     assert "quarry_embedded_texts_total" in text
 
 
-def test_api_keys_and_scopes(sqlite_settings) -> None:  # noqa: ANN001
+def test_api_keys_and_scopes(sqlite_settings) -> None:
     from api.app import create_app
     from api.auth import create_key
     from core.db import make_engine, make_session_factory, session_scope
@@ -221,7 +239,9 @@ def test_api_keys_and_scopes(sqlite_settings) -> None:  # noqa: ANN001
         assert r.status_code == 401
         ok = client.get("/v1/collections", headers={"Authorization": f"Bearer {reader}"})
         assert ok.status_code == 200
-        r = client.post("/v1/collections", json={"name": "a"}, headers={"Authorization": f"Bearer {reader}"})
+        r = client.post(
+            "/v1/collections", json={"name": "a"}, headers={"Authorization": f"Bearer {reader}"}
+        )
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
         admin = {"Authorization": "Bearer static-admin-key-0123456789"}
         assert client.post("/v1/collections", json={"name": "a"}, headers=admin).status_code == 201

@@ -8,17 +8,17 @@ from core.collections import create_collection
 from core.db import make_engine, make_session_factory, session_scope
 from core.documents import DocumentIn, delete_documents, filtered_ids, upsert_documents
 from core.errors import InvalidRequest
-from core.models import Document, DocState
+from core.models import DocState, Document
 
 
 @pytest.fixture
-def sessions(sqlite_settings):  # noqa: ANN001, ANN201
+def sessions(sqlite_settings):
     engine = make_engine(sqlite_settings.resolved_database_url)
     yield make_session_factory(engine)
     engine.dispose()
 
 
-def test_upsert_states(sessions) -> None:  # noqa: ANN001
+def test_upsert_states(sessions) -> None:
     with session_scope(sessions) as s:
         coll = create_collection(s, name="c", embedder="m", dim=4)
         docs = [DocumentIn("a", "alpha", {"k": 1}), DocumentIn("b", "beta", {"k": 2})]
@@ -26,7 +26,9 @@ def test_upsert_states(sessions) -> None:  # noqa: ANN001
         assert (r1.created, r1.updated, r1.unchanged) == (2, 0, 0)
         r2 = upsert_documents(s, coll, docs, job_id="j2")
         # still pending: the same rows move to the new job, nothing is duplicated
-        assert (r2.created, r2.unchanged) == (0, 2) and sorted(r2.pending_ids) == sorted(r1.pending_ids)
+        assert (r2.created, r2.unchanged) == (0, 2) and sorted(r2.pending_ids) == sorted(
+            r1.pending_ids
+        )
         s.query(Document).update({Document.state: DocState.INDEXED})
         r3 = upsert_documents(s, coll, [DocumentIn("a", "alpha v2", {"k": 1})], job_id="j3")
         assert (r3.created, r3.updated) == (0, 1)
@@ -37,7 +39,7 @@ def test_upsert_states(sessions) -> None:  # noqa: ANN001
             upsert_documents(s, coll, [DocumentIn("x", "1"), DocumentIn("x", "2")], job_id="j4")
 
 
-def test_filters_and_delete(sessions) -> None:  # noqa: ANN001
+def test_filters_and_delete(sessions) -> None:
     with session_scope(sessions) as s:
         coll = create_collection(s, name="c", embedder="m", dim=4)
         upsert_documents(

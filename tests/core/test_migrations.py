@@ -18,14 +18,14 @@ def _roundtrip(url: str) -> None:
     upgrade(url)
     engine = make_engine(url)
     try:
-        assert TABLES <= set(inspect(engine).get_table_names())
+        assert set(inspect(engine).get_table_names()) >= TABLES
         ensure_migrated(engine)
         downgrade(url, "base")
         assert not (TABLES - {"alembic_version"}) & set(inspect(engine).get_table_names())
         with pytest.raises(DatabaseNotMigrated, match="quarry db upgrade"):
             ensure_migrated(engine)
         upgrade(url)
-        assert TABLES <= set(inspect(engine).get_table_names())
+        assert set(inspect(engine).get_table_names()) >= TABLES
         ensure_migrated(engine)
     finally:
         engine.dispose()
@@ -69,7 +69,10 @@ def test_worker_refuses_unmigrated_database(tmp_path: Path) -> None:
         "QUARRY_BROKER_URL": "redis://127.0.0.1:6379/12",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "worker"], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "core.cli", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     assert out.returncode == 1

@@ -15,7 +15,7 @@ from core.collections import create_collection
 from core.db import session_scope
 from core.documents import DocumentIn, upsert_documents
 from core.jobs import create_job
-from core.models import Document, DocState, Job, JobKind, JobState, Segment
+from core.models import DocState, Document, Job, JobKind, JobState, Segment
 from core.settings import Settings
 from indexer import active_segments, read_vectors
 from workers import jobs
@@ -23,10 +23,14 @@ from workers.runtime import Runtime
 
 pytestmark = pytest.mark.slow
 
-TEXTS = [f"Document number {i} talks about {w} and {w2}." for i, (w, w2) in enumerate(
-    (a, b) for a in ("rivers", "engines", "proteins", "poetry", "markets", "storms")
-    for b in ("history", "design", "statistics", "music", "law", "travel", "food")
-)]
+TEXTS = [
+    f"Document number {i} talks about {w} and {w2}."
+    for i, (w, w2) in enumerate(
+        (a, b)
+        for a in ("rivers", "engines", "proteins", "poetry", "markets", "storms")
+        for b in ("history", "design", "statistics", "music", "law", "travel", "food")
+    )
+]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
@@ -132,7 +136,9 @@ def test_compaction_merges_and_drops_tombstones(runtime: Runtime) -> None:
     jobs.run_ingest(runtime, job_id)
     with session_scope(runtime.sessions) as s:
         gone = s.scalars(
-            select(Document).where(Document.collection_id == cid, Document.external_id.in_(["0", "1"]))
+            select(Document).where(
+                Document.collection_id == cid, Document.external_id.in_(["0", "1"])
+            )
         ).all()
         for d in gone:
             d.state = DocState.DELETED
@@ -143,7 +149,9 @@ def test_compaction_merges_and_drops_tombstones(runtime: Runtime) -> None:
         segs = active_segments(s, cid)
         assert len(segs) == 1 and segs[0].index_spec == "IVF4,Flat"
         assert s.get(Job, cjob_id).state == JobState.SUCCEEDED
-        retired = s.scalars(select(Segment).where(Segment.collection_id == cid, Segment.active.is_(False))).all()
+        retired = s.scalars(
+            select(Segment).where(Segment.collection_id == cid, Segment.active.is_(False))
+        ).all()
         assert len(retired) == 3
     ids = _indexed_vector_ids(runtime, cid)
     assert len(ids) == len(TEXTS) - 2
