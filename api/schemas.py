@@ -103,6 +103,7 @@ class JobPublic(BaseModel):
     done: int
     skipped: int
     attempts: int
+    params: dict[str, Any] = Field(default_factory=dict)
     error: str | None
     created_at: datetime
     started_at: datetime | None
@@ -120,6 +121,7 @@ class JobPublic(BaseModel):
             done=job.done,
             skipped=job.skipped,
             attempts=job.attempts,
+            params=dict(job.params or {}),
             error=job.error,
             created_at=job.created_at,
             started_at=job.started_at,

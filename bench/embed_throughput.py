@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--model", default="all-MiniLM-L6-v2")
     ap.add_argument("--batch-tokens", type=int, default=16_384)
     ap.add_argument("--max-batch-size", type=int, default=256)
+    ap.add_argument("--min-fill", type=float, default=None, help="default: the embedder's")
     ap.add_argument("--st-batch-sizes", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--out", type=Path, help="default bench/results/embed_throughput_<device>.json")
     args = ap.parse_args()
@@ -93,9 +94,10 @@ def main() -> None:
         batch_tokens=args.batch_tokens,
         max_batch_size=args.max_batch_size,
     )
+    if args.min_fill is not None:
+        quarry.min_fill = args.min_fill
     plain = SentenceTransformer(str(path), device=device, local_files_only=True)
-    if device.startswith("cuda"):
-        plain.half()
+    plain = plain.half() if device.startswith("cuda") else plain.float()
     n_tokens = sum(quarry.count_tokens(texts))
 
     def sync() -> None:
@@ -159,7 +161,11 @@ def main() -> None:
         "n_docs": len(texts),
         "n_tokens": n_tokens,
         "repeats": args.repeats,
-        "quarry_config": {"batch_tokens": args.batch_tokens, "max_batch_size": args.max_batch_size},
+        "quarry_config": {
+            "batch_tokens": quarry.batch_tokens,
+            "max_batch_size": quarry.max_batch_size,
+            "min_fill": quarry.min_fill,
+        },
         "results": results,
         "quarry_speedup_vs": speedup,
         "min_cosine_quarry_vs_st": round(min_cos, 6),

@@ -67,8 +67,8 @@ class SentenceTransformerEmbedder:
             raise ModelNotAvailable(
                 f"Model '{self.name}' could not be loaded as a sentence-transformers model."
             ) from exc
-        if self.device.startswith("cuda"):
-            model.half()
+        # Whatever dtype the checkpoint is stored in: fp16 kernels on GPU, fp32 on CPU.
+        model = model.half() if self.device.startswith("cuda") else model.float()
         self._model = model.eval()
         self._tokenizer: Any = model.tokenizer
         dim = model.get_embedding_dimension()

@@ -184,11 +184,10 @@ def _retire(
         if not seg.active:
             raise Conflict(f"Segment {seg.name} is already retired (a concurrent compaction?)")
 
-    states = dict(
-        session.execute(
-            select(Document.id, Document.state).where(Document.segment_id.in_(seg_ids))
-        ).tuples()
+    rows = session.execute(
+        select(Document.id, Document.state).where(Document.segment_id.in_(seg_ids))
     )
+    states = {row.id: row.state for row in rows}
     stray = [i for i in kept if i not in states]
     if stray:
         raise InvalidRequest(

@@ -158,7 +158,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: fields are FAISS indexes and numpy arrays
 class LoadedSegment:
     """A segment loaded for search. ``ids`` are the vector ids held by ``index``."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
 from typing import Any, Literal, get_args
 
 import faiss
@@ -71,33 +72,41 @@ def validate_spec(spec: str, dim: int) -> None:
     _factory(spec, dim)
 
 
-def _training_need(base: faiss.Index) -> int:
-    # Keep ``base`` referenced: the downcast wrapper does not own the C++ object.
+def _walk(base: faiss.Index) -> Iterator[faiss.Index]:
+    """``base`` and the indexes nested in it (IDMap, PreTransform, HNSW storage, refine).
+
+    The yielded wrappers do not own their C++ objects: keep ``base`` referenced meanwhile.
+    """
     index = faiss.downcast_index(base)
-    if index.is_trained:
-        return 0
-    need = 1
-    pq = getattr(index, "pq", None)
-    if isinstance(pq, faiss.ProductQuantizer):
-        need = max(need, pq.ksub)  # k-means with 2**nbits centroids per sub-quantizer
-    if isinstance(index, faiss.IndexIVF):
-        # quantizer_trains_alone == 1: the quantizer (e.g. IMI) trains itself; otherwise
-        # k-means with nlist centroids runs on the training set.
-        alone = index.quantizer_trains_alone == 1
-        need = max(need, _training_need(index.quantizer) if alone else index.nlist)
-    if isinstance(index, faiss.IndexPreTransform):
-        chain: Any = index.chain  # a SWIG vector at run time, not a list
-        for i in range(chain.size()):
-            vt = faiss.downcast_VectorTransform(chain.at(i))
-            if isinstance(vt, faiss.OPQMatrix):
-                need = max(need, 256)  # OPQ trains an internal 8-bit PQ
-            elif isinstance(vt, faiss.PCAMatrix):
-                need = max(need, vt.d_out)
-        need = max(need, _training_need(index.index))
-    for attr in ("storage", "base_index"):
+    yield index
+    for attr in ("index", "storage", "base_index"):
         sub = getattr(index, attr, None)
         if isinstance(sub, faiss.Index):
-            need = max(need, _training_need(sub))
+            yield from _walk(sub)
+
+
+def _training_need(base: faiss.Index) -> int:
+    need = 0
+    for index in _walk(base):
+        if index.is_trained:
+            continue
+        need = max(need, 1)
+        pq = getattr(index, "pq", None)
+        if isinstance(pq, faiss.ProductQuantizer):
+            need = max(need, pq.ksub)  # k-means with 2**nbits centroids per sub-quantizer
+        if isinstance(index, faiss.IndexIVF):
+            # quantizer_trains_alone == 1: the quantizer (e.g. IMI) trains itself; otherwise
+            # k-means with nlist centroids runs on the training set.
+            alone = index.quantizer_trains_alone == 1
+            need = max(need, _training_need(index.quantizer) if alone else index.nlist)
+        if isinstance(index, faiss.IndexPreTransform):
+            chain: Any = index.chain  # a SWIG vector at run time, not a list
+            for i in range(chain.size()):
+                vt = faiss.downcast_VectorTransform(chain.at(i))
+                if isinstance(vt, faiss.OPQMatrix):
+                    need = max(need, 256)  # OPQ trains an internal 8-bit PQ
+                elif isinstance(vt, faiss.PCAMatrix):
+                    need = max(need, vt.d_out)
     return need
 
 
@@ -205,6 +214,11 @@ def build_index(
     if metric == "cosine":
         x = x.copy() if x is vectors else x
         faiss.normalize_L2(x)
+    for sub in _walk(index):
+        # The factory turns on polysemous training for 8-bit PQ: tens of seconds of
+        # annealing that only polysemous (Hamming-filtered) search uses, which we never do.
+        if hasattr(sub, "do_polysemous_training"):
+            sub.do_polysemous_training = False
     if not index.is_trained:
         need = _training_need(index)
         if x.shape[0] < need:

@@ -30,9 +30,11 @@ from indexer import (
     compact_vectors,
     delete_segment_files,
     lock_collection,
+    min_training_vectors,
     new_segment_name,
     orphan_segment_dirs,
     replace_segments,
+    retire_segments,
     tombstone_ids,
     write_segment,
 )
@@ -163,7 +165,9 @@ def _collect_garbage(rt: Runtime, collection_id: int) -> None:
             or seg.retired_at is None
             or now - seg.retired_at.timestamp() < RETIRED_GRACE_S
         }
-    for path in orphan_segment_dirs(rt.segments_root, collection_id, keep):
+    # The age limit spares a segment an ingest has written but not yet committed.
+    orphans = orphan_segment_dirs(rt.segments_root, collection_id, keep, min_age_s=RETIRED_GRACE_S)
+    for path in orphans:
         logger.info("Removing unreferenced segment directory %s", path)
         delete_segment_files(path)
 
@@ -187,6 +191,22 @@ def run_compact(rt: Runtime, job_id: str) -> int:
         return 0
     root = rt.segments_root / str(coll.id)
     ids, vectors = compact_vectors([root / seg.name for seg in segments], drop)
+    if len(ids) == 0:  # everything was deleted: retire the segments, write nothing
+        with session_scope(rt.sessions) as s:
+            locked = lock_collection(s, coll.id)
+            retire_segments(s, locked, retired=segments)
+            finish(s, get_job(s, job_id))
+        return 0
+    need = min_training_vectors(spec, coll.dim)
+    if len(ids) < need:
+        logger.warning(
+            "Collection %s: %d vectors are too few to train %r (needs %d); building Flat",
+            coll.name,
+            len(ids),
+            spec,
+            need,
+        )
+        spec = "Flat"
     name = new_segment_name()
     path = write_segment(
         rt.segments_root,
@@ -215,6 +235,7 @@ def run_compact(rt: Runtime, job_id: str) -> int:
             )
             job_row = get_job(s, job_id)
             job_row.total = job_row.done = len(ids)
+            job_row.params = {**job_row.params, "built_spec": spec}
             finish(s, job_row)
     except BaseException:
         delete_segment_files(path)

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from core.errors import IndexError_, InvalidRequest
-from indexer.spec import build_index, min_training_vectors, set_search_params, validate_spec
+from indexer.spec import (
+    build_index,
+    find_hnsw,
+    min_training_vectors,
+    set_search_params,
+    validate_spec,
+)
 
 DIM = 32
 MakeVectors = Callable[..., np.ndarray]
@@ -34,7 +40,8 @@ def test_build_index_defaults_search_params(make_vectors: MakeVectors) -> None:
     small = build_index("IVF8,Flat", DIM, "ip", x, np.arange(500))
     assert faiss.extract_index_ivf(small).nprobe == 8
     hnsw = build_index("HNSW16", DIM, "ip", x, np.arange(500), ef_search=100)
-    assert faiss.downcast_index(hnsw.index).hnsw.efSearch == 100
+    found = find_hnsw(hnsw)
+    assert found is not None and found.hnsw.efSearch == 100
     set_search_params(ivf, nprobe=32)
     assert faiss.extract_index_ivf(ivf).nprobe == 32
     with pytest.raises(InvalidRequest, match="nprobe"):

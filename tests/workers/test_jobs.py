@@ -155,3 +155,31 @@ def test_compaction_merges_and_drops_tombstones(runtime: Runtime) -> None:
         assert len(retired) == 3
     ids = _indexed_vector_ids(runtime, cid)
     assert len(ids) == len(TEXTS) - 2
+
+
+def _compact(rt: Runtime, cid: int, spec: str) -> tuple[int, Job]:
+    with session_scope(rt.sessions) as s:
+        job_id = create_job(s, JobKind.COMPACT, collection_id=cid, params={"index_spec": spec}).id
+    n = jobs.run_compact(rt, job_id)
+    with session_scope(rt.sessions) as s:
+        return n, s.get(Job, job_id)
+
+
+def test_compaction_falls_back_to_flat_when_too_few_to_train(runtime: Runtime) -> None:
+    cid, job_id = _job(runtime)
+    jobs.run_ingest(runtime, job_id)
+    n, job = _compact(runtime, cid, "IVF256,Flat")
+    assert n == len(TEXTS) and job.state == JobState.SUCCEEDED
+    assert job.params["built_spec"] == "Flat"
+
+
+def test_compaction_of_a_fully_deleted_collection_retires_everything(runtime: Runtime) -> None:
+    cid, job_id = _job(runtime)
+    jobs.run_ingest(runtime, job_id)
+    with session_scope(runtime.sessions) as s:
+        for d in s.scalars(select(Document).where(Document.collection_id == cid)):
+            d.state = DocState.DELETED
+    n, job = _compact(runtime, cid, "Flat")
+    assert n == 0 and job.state == JobState.SUCCEEDED
+    with session_scope(runtime.sessions) as s:
+        assert active_segments(s, cid) == []
