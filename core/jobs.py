@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import JobNotFound
-from core.models import Job, JobKind, JobState, utcnow
+from core.models import Document, Job, JobKind, JobState, utcnow
 
 
 def create_job(
@@ -51,9 +51,17 @@ def mark_running(session: Session, job: Job) -> None:
         job.started_at = utcnow()
 
 
-def add_progress(session: Session, job_id: str, n: int) -> None:
-    """Increment ``done`` atomically (safe with concurrent writers)."""
-    session.execute(update(Job).where(Job.id == job_id).values(done=Job.done + n))
+def set_progress(session: Session, job_id: str, done: int) -> None:
+    """Record how many of the job's documents are done (embedded or committed)."""
+    session.execute(update(Job).where(Job.id == job_id).values(done=done))
+
+
+def committed_count(session: Session, job_id: str) -> int:
+    """Documents of ``job_id`` that made it into a segment (deleted ones included)."""
+    n = session.scalar(
+        select(func.count()).where(Document.job_id == job_id, Document.segment_id.is_not(None))
+    )
+    return int(n or 0)
 
 
 def finish(session: Session, job: Job, *, error: str | None = None) -> None:

@@ -35,3 +35,5 @@ def configure_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
         handler._quarry = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(level.upper())
+    # faiss logs its CPU-feature probing at INFO on every start.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from core.db import session_scope
 from core.documents import pending_documents
 from core.errors import CollectionNotFound, QuarryError
-from core.jobs import add_progress, finish, get_job, mark_running
+from core.jobs import committed_count, finish, get_job, mark_running, set_progress
 from core.models import Collection, DocState, Document, Job, JobKind, JobState, Segment
 from indexer import (
     active_segments,
@@ -63,9 +63,29 @@ def _start(rt: Runtime, job_id: str) -> tuple[Job, Collection] | None:
         return job, coll
 
 
-def run_ingest(
-    rt: Runtime, job_id: str, *, on_progress: Callable[[int], None] | None = None
-) -> int:
+class _JobProgress:
+    """Writes ``jobs.done`` while a chunk is being embedded, at most once per interval."""
+
+    def __init__(self, rt: Runtime, job_id: str, base: int, interval_s: float = 1.0) -> None:
+        self._rt, self._job_id, self._interval = rt, job_id, interval_s
+        self.base = base  # documents of this job already committed
+        self._in_chunk = 0
+        self._last = 0.0
+
+    def new_chunk(self, committed: int) -> None:
+        self.base += committed
+        self._in_chunk = 0
+
+    def __call__(self, n: int) -> None:
+        self._in_chunk += n
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            self._last = now
+            with session_scope(self._rt.sessions) as s:
+                set_progress(s, self._job_id, self.base + self._in_chunk)
+
+
+def run_ingest(rt: Runtime, job_id: str) -> int:
     """Embed and index the job's pending documents; returns how many were indexed now."""
     started = _start(rt, job_id)
     if started is None:
@@ -78,6 +98,8 @@ def run_ingest(
             f"{coll.name!r} holds {coll.dim}-dim vectors"
         )
     chunk = rt.settings.index.segment_max_docs
+    with session_scope(rt.sessions) as s:
+        progress = _JobProgress(rt, job_id, base=committed_count(s, job_id))
     indexed = 0
     while True:
         with session_scope(rt.sessions) as s:
@@ -86,20 +108,20 @@ def run_ingest(
             break
         ids = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
         t0 = time.perf_counter()
-        vectors = embedder.embed([t for _, t in batch], kind="document", normalize=False)
+        vectors = embedder.embed(
+            [t for _, t in batch], kind="document", normalize=False, progress=progress
+        )
         logger.info(
             "Job %s: embedded %d docs in %.2fs", job_id, len(batch), time.perf_counter() - t0
         )
+        # Zero when a concurrent copy of the job took every document of this chunk (or
+        # they were deleted meanwhile); whatever is left is re-read on the next turn.
         n = _commit_chunk(rt, coll.id, job_id, ids, vectors)
+        progress.new_chunk(n)
         indexed += n
-        if on_progress is not None:
-            on_progress(n)
-        if n == 0:
-            # Every document of this chunk was taken by a concurrent copy of the job or
-            # deleted meanwhile; what is left for us is re-read on the next turn.
-            continue
     with session_scope(rt.sessions) as s:
         job = get_job(s, job_id)
+        job.done = committed_count(s, job_id)
         finish(s, job)
     return indexed
 
@@ -142,7 +164,6 @@ def _commit_chunk(
                 doc_ids=kept,
                 job_id=job_id,
             )
-            add_progress(s, job_id, len(kept))
         return len(kept)
     except BaseException:
         if path is not None:
