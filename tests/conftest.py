@@ -71,7 +71,7 @@ def redis_url() -> str:
 
 
 @pytest.fixture
-def sqlite_settings(tmp_path: Path):  # noqa: ANN201
+def sqlite_settings(tmp_path: Path):
     """Embedded-mode settings in a temporary data dir, schema migrated."""
     from core.migrate import upgrade
     from core.settings import Settings
@@ -82,7 +82,7 @@ def sqlite_settings(tmp_path: Path):  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def minilm():  # noqa: ANN201
+def minilm():
     """The real all-MiniLM-L6-v2 embedder, loaded once per session."""
     from embedder import load_embedder
 

@@ -31,10 +31,16 @@ def _quarry(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_index_then_search(tmp_path: Path) -> None:
     docs = tmp_path / "docs.jsonl"
     rows = [
-        {"id": "sun", "text": "The sun is a star at the centre of the solar system.",
-         "metadata": {"kind": "astro"}},
-        {"id": "bread", "text": "Knead the dough and let it rise before baking bread.",
-         "metadata": {"kind": "food"}},
+        {
+            "id": "sun",
+            "text": "The sun is a star at the centre of the solar system.",
+            "metadata": {"kind": "astro"},
+        },
+        {
+            "id": "bread",
+            "text": "Knead the dough and let it rise before baking bread.",
+            "metadata": {"kind": "food"},
+        },
         {"_id": "beir1", "title": "Volcanoes", "text": "Lava erupts from the crater."},
     ]
     docs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
