@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import statistics
@@ -28,6 +29,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Settings that change the numbers; recorded when set.
+_ENV_KEYS = ("TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES")
 
 
 def read_texts(path: Path, limit: int) -> list[str]:
@@ -148,6 +151,7 @@ def main() -> None:
             "name": device_name(device),
             "torch_threads": torch.get_num_threads(),
         },
+        "env": {k: v for k, v in os.environ.items() if k in _ENV_KEYS},
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

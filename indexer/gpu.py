@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faiss
+
+from indexer.torch_flat import TorchFlatIndex, torch_cuda_available
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +31,27 @@ def _gpu_supported(index: faiss.Index) -> bool:
     return isinstance(sub, faiss.IndexFlat | faiss.IndexIVF)
 
 
-def maybe_to_gpu(index: faiss.Index, enabled: bool) -> faiss.Index:
-    """Replicate ``index`` on all GPUs when ``enabled`` and possible, else return it unchanged.
+def maybe_to_gpu(index: faiss.Index, enabled: bool) -> Any:
+    """Place ``index`` on the GPU when ``enabled`` and possible, else return it unchanged.
 
-    Failures (unsupported type, out of memory) are logged and the CPU index is kept.
+    With a GPU build of FAISS, flat and IVF indexes are replicated on all GPUs. With a
+    CPU-only FAISS but CUDA torch, flat segments move to the GPU as a
+    :class:`~indexer.torch_flat.TorchFlatIndex`. Failures (unsupported type, out of memory)
+    are logged and the CPU index is kept.
     """
-    if not enabled or gpu_count() == 0 or not _gpu_supported(index):
+    if not enabled:
+        return index
+    if gpu_count() == 0:
+        if torch_cuda_available():
+            try:
+                placed = TorchFlatIndex.from_faiss(index)
+            except (RuntimeError, MemoryError) as exc:
+                logger.warning("Keeping index on the CPU: moving it to the GPU failed: %s", exc)
+                return index
+            if placed is not None:
+                return placed
+        return index
+    if not _gpu_supported(index):
         return index
     try:
         options = faiss.GpuMultipleClonerOptions()

@@ -12,6 +12,7 @@ import numpy as np
 from core.errors import IndexError_, InvalidRequest
 from indexer.segment import LoadedSegment
 from indexer.spec import Metric, as_vectors, check_metric, find_hnsw
+from indexer.torch_flat import TorchFlatIndex
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ def _search_one(
 ) -> tuple[np.ndarray, np.ndarray]:
     index = segment.index
     kk = min(k, segment.ntotal)
+    if isinstance(index, TorchFlatIndex):  # a flat segment placed on the GPU with torch
+        return index.search(queries, kk, exclude=exclude, allow=allow)
     if sel is None:
         return index.search(queries, kk)
     params = _search_params(index, sel)
