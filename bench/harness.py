@@ -7,6 +7,7 @@ device, versions, date and the ratios.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -79,10 +80,8 @@ def device_info() -> dict[str, Any]:
     except ImportError:
         info["device"] = "cpu"
     for pkg in ("transformers", "sentence_transformers", "faiss", "numpy"):
-        try:
+        with contextlib.suppress(ImportError, AttributeError):
             info[pkg] = __import__(pkg).__version__
-        except (ImportError, AttributeError):
-            pass
     return info
 
 
