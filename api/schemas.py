@@ -21,6 +21,7 @@ class CollectionCreate(BaseModel):
     )
     metric: Literal["cosine", "ip", "l2"] = "cosine"
     index_spec: str = Field("Flat", description="FAISS factory string used by compaction")
+    lexical: bool = Field(True, description="Keep a BM25 index for lexical and hybrid search")
     description: str | None = None
 
 
@@ -30,6 +31,7 @@ class CollectionPublic(BaseModel):
     dim: int
     metric: str
     index_spec: str
+    lexical: bool
     description: str | None
     manifest_version: int
     documents: dict[str, int] = Field(default_factory=dict)
@@ -47,6 +49,7 @@ class CollectionPublic(BaseModel):
             dim=c.dim,
             metric=c.metric,
             index_spec=c.index_spec,
+            lexical=c.lexical,
             description=c.description,
             manifest_version=c.manifest_version,
             documents=documents,
@@ -152,6 +155,10 @@ class SearchRequest(BaseModel):
     filters: dict[str, JsonScalar | list[JsonScalar]] = Field(
         default_factory=dict, description="Metadata equality; a list means any of its values"
     )
+    mode: Literal["dense", "lexical", "hybrid"] = Field(
+        "dense", description="dense (FAISS), lexical (BM25) or hybrid (reciprocal rank fusion)"
+    )
+    rrf_k: int = Field(60, ge=1, description="k of reciprocal rank fusion (hybrid mode)")
     include_text: bool = True
 
 

@@ -265,6 +265,7 @@ def search(
     filter_: Annotated[
         list[str] | None, typer.Option("--filter", help="Metadata equality key=value (repeatable)")
     ] = None,
+    mode: Annotated[str, typer.Option(help="dense, lexical (BM25) or hybrid (RRF)")] = "dense",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Search a collection from the command line (same code path as the API)."""
@@ -282,7 +283,7 @@ def search(
     rt = Runtime.create(settings)
     try:
         searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
-        result = searcher.search(collection, text, k=k, filters=filters)
+        result = searcher.search(collection, text, k=k, filters=filters, mode=mode)  # type: ignore[arg-type]
     finally:
         rt.close()
     if as_json:

@@ -31,6 +31,7 @@ def create_collection(
     dim: int,
     metric: str = "cosine",
     index_spec: str = "Flat",
+    lexical: bool = True,
     description: str | None = None,
 ) -> Collection:
     """Insert a collection; raises :class:`CollectionExists` if the name is taken."""
@@ -45,6 +46,7 @@ def create_collection(
         dim=dim,
         metric=metric,
         index_spec=index_spec,
+        lexical=lexical,
         description=description,
         manifest_version=0,
     )

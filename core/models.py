@@ -76,6 +76,8 @@ class Collection(Base):
     dim: Mapped[int] = mapped_column(Integer)
     metric: Mapped[str] = mapped_column(String(16), default="cosine")
     index_spec: Mapped[str] = mapped_column(String(256), default="Flat")
+    # Keep a BM25 index in every segment next to the vectors (lexical and hybrid search).
+    lexical: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Bumped in the same transaction that changes the set of live segments; readers
     # compare it with what they have loaded to know when to refresh.

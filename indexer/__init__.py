@@ -1,14 +1,25 @@
-"""FAISS segments: index specs, atomic on-disk segments, fan-out search, manifest, compaction.
+"""Segments: index specs, atomic on-disk segments, fan-out search, manifest, compaction.
 
 A collection is a list of immutable segments plus tombstones (deleted document ids still
-present in some segment). See ``DESIGN.md`` ("Segments").
+present in some segment). A segment holds a FAISS index and, when written with texts, a
+BM25 lexical index over the same ids; :func:`rrf` fuses their rankings. See ``DESIGN.md``
+("Segments", "Search").
 """
 
 from __future__ import annotations
 
 from indexer.cache import SegmentCache
-from indexer.compact import compact_vectors
+from indexer.compact import compact_lexical, compact_vectors
+from indexer.fusion import rrf
 from indexer.gpu import gpu_count, maybe_to_gpu
+from indexer.lexical import (
+    LexicalIndex,
+    build_lexical,
+    load_lexical,
+    merge_lexical,
+    search_lexical,
+    tokenize,
+)
 from indexer.manifest import (
     active_segments,
     commit_segment,
@@ -24,6 +35,7 @@ from indexer.segment import (
     load_segment,
     new_segment_name,
     orphan_segment_dirs,
+    read_lexical,
     read_meta,
     read_vectors,
     write_segment,
@@ -39,27 +51,36 @@ from indexer.spec import (
 
 __all__ = [
     "METRICS",
+    "LexicalIndex",
     "LoadedSegment",
     "Metric",
     "SegmentCache",
     "active_segments",
     "build_index",
+    "build_lexical",
     "commit_segment",
+    "compact_lexical",
     "compact_vectors",
     "delete_segment_files",
     "gpu_count",
+    "load_lexical",
     "load_segment",
     "lock_collection",
     "maybe_to_gpu",
+    "merge_lexical",
     "min_training_vectors",
     "new_segment_name",
     "orphan_segment_dirs",
+    "read_lexical",
     "read_meta",
     "read_vectors",
     "replace_segments",
     "retire_segments",
+    "rrf",
+    "search_lexical",
     "search_segments",
     "set_search_params",
+    "tokenize",
     "tombstone_ids",
     "validate_spec",
     "write_segment",

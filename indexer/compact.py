@@ -1,4 +1,4 @@
-"""Compaction: merge segments' raw vectors, dropping tombstones, for one rebuilt segment."""
+"""Compaction: merge segments' raw vectors and lexical indexes, dropping tombstones."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import IndexError_, InvalidRequest
-from indexer.segment import read_vectors
+from indexer.lexical import LexicalIndex, merge_lexical
+from indexer.segment import read_lexical, read_vectors
 
 logger = logging.getLogger(__name__)
+
+
+def _check_drop(drop_ids: np.ndarray) -> np.ndarray:
+    drop = np.asarray(drop_ids)
+    if drop.ndim != 1 or not (drop.size == 0 or np.issubdtype(drop.dtype, np.integer)):
+        raise InvalidRequest(f"drop_ids must be a 1-D array of ids, got shape {drop.shape}")
+    return drop.astype(np.int64, copy=False)
 
 
 def compact_vectors(
@@ -25,9 +33,7 @@ def compact_vectors(
     """
     if not segment_paths:
         raise InvalidRequest("compact_vectors needs at least one segment")
-    drop = np.asarray(drop_ids, dtype=np.int64)
-    if drop.ndim != 1:
-        raise InvalidRequest(f"drop_ids must be a 1-D array of ids, got shape {drop.shape}")
+    drop = _check_drop(drop_ids)
     all_ids: list[np.ndarray] = []
     all_vectors: list[np.ndarray] = []
     for path in segment_paths:
@@ -51,3 +57,37 @@ def compact_vectors(
         int((~keep).sum()),
     )
     return ids[keep], np.ascontiguousarray(vectors[keep])
+
+
+def compact_lexical(segment_paths: Sequence[Path], drop_ids: np.ndarray) -> LexicalIndex | None:
+    """Merge the segments' lexical indexes in order, leaving out ``drop_ids``.
+
+    Its ids are those of :func:`compact_vectors` over the same arguments, in the same order
+    (or a subsequence of them, see below), so pass both to
+    :func:`~indexer.segment.write_segment` (``lexical=``). ``None`` if no segment has a
+    lexical index. Segments written before BM25 existed have none: their
+    documents stay out of the merged index (a warning says how many), as they were out of
+    BM25 search before.
+    """
+    if not segment_paths:
+        raise InvalidRequest("compact_lexical needs at least one segment")
+    drop = _check_drop(drop_ids)
+    indexes: list[LexicalIndex] = []
+    missing: list[str] = []
+    for path in segment_paths:
+        lexical = read_lexical(path)
+        if lexical is None:
+            missing.append(Path(path).name)
+        else:
+            indexes.append(lexical)
+    if not indexes:
+        return None
+    if missing:
+        logger.warning(
+            "Compacting lexical indexes: %d of %d segments have none (%s); their documents "
+            "stay out of BM25 search until re-indexed",
+            len(missing),
+            len(segment_paths),
+            ", ".join(missing[:5]),
+        )
+    return merge_lexical(indexes, drop)

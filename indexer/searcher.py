@@ -1,11 +1,14 @@
-"""Dense search over a collection: embed the query, fan out over segments, fetch documents."""
+"""Search over a collection: dense (FAISS), lexical (BM25) or hybrid (reciprocal rank fusion).
+
+The manifest is read once; both indexes are fanned out over the same live segments with
+the same tombstones and metadata allow-list; the documents are fetched last."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,8 +16,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.collections import get_collection
 from core.db import session_scope
 from core.documents import documents_by_ids, filtered_ids
+from core.errors import InvalidRequest
 from embedder import EmbedderPool
 from indexer.cache import SegmentCache
+from indexer.fusion import rrf
+from indexer.lexical import search_lexical
 from indexer.manifest import active_segments, tombstone_ids
 from indexer.search import search_segments
 
@@ -35,6 +41,11 @@ class SearchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+SearchMode = Literal["dense", "lexical", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
+HYBRID_DEPTH = 100  # candidates taken from each side before fusion
+
+
 class Searcher:
     """Answers ``POST /v1/search`` and ``quarry search`` through the same code path."""
 
@@ -46,12 +57,27 @@ class Searcher:
         self._cache = cache
 
     def search(
-        self, collection: str, query: str, *, k: int = 10, filters: dict[str, Any] | None = None
+        self,
+        collection: str,
+        query: str,
+        *,
+        k: int = 10,
+        filters: dict[str, Any] | None = None,
+        mode: SearchMode = "dense",
+        rrf_k: int = 60,
     ) -> SearchResult:
+        """Top-``k`` documents for ``query``: dense (FAISS), lexical (BM25) or hybrid (RRF)."""
+        if mode not in SEARCH_MODES:
+            raise InvalidRequest(f"Invalid mode {mode!r}. Valid modes: {', '.join(SEARCH_MODES)}")
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
         with session_scope(self._sessions) as s:
             coll = get_collection(s, collection)
+            if mode != "dense" and not coll.lexical:
+                raise InvalidRequest(
+                    f"Collection {collection!r} keeps no lexical index (created with "
+                    "lexical=false); use mode 'dense'"
+                )
             segments = active_segments(s, coll.id)
             version, names = coll.manifest_version, [seg.name for seg in segments]
             tombstones = tombstone_ids(s, coll.id)
@@ -63,31 +89,56 @@ class Searcher:
             return SearchResult([], timings)
 
         t = time.perf_counter()
-        qvec = self._embedders.get(model).embed([query], kind="query", normalize=False)
-        timings["embed_ms"] = _ms(t)
-
-        t = time.perf_counter()
         loaded = self._cache.get(cid, version, names)
         timings["load_ms"] = _ms(t)
+        exclude = tombstones if len(tombstones) else None
+        depth = max(k, HYBRID_DEPTH) if mode == "hybrid" else k
+
+        ranked: list[tuple[int, float]]
+        dense: list[tuple[int, float]] = []
+        lexical: list[tuple[int, float]] = []
+        if mode in ("dense", "hybrid"):
+            t = time.perf_counter()
+            qvec = self._embedders.get(model).embed([query], kind="query", normalize=False)
+            timings["embed_ms"] = _ms(t)
+            t = time.perf_counter()
+            scores, ids = search_segments(
+                loaded,
+                qvec.astype(np.float32, copy=False),
+                depth,
+                metric=metric,  # type: ignore[arg-type]
+                exclude_ids=exclude,
+                allow_ids=allow,
+            )
+            timings["dense_ms"] = _ms(t)
+            dense = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
+        if mode in ("lexical", "hybrid"):
+            t = time.perf_counter()
+            lex = [seg.lexical for seg in loaded if seg.lexical is not None]
+            lscores, lids = search_lexical(lex, query, depth, exclude_ids=exclude, allow_ids=allow)
+            timings["lexical_ms"] = _ms(t)
+            lexical = [(int(i), float(sc)) for i, sc in zip(lids, lscores, strict=True) if i >= 0]
+        if mode == "hybrid":
+            t = time.perf_counter()
+            fused_ids, fused_scores = rrf(
+                [
+                    np.asarray([i for i, _ in dense], dtype=np.int64),
+                    np.asarray([i for i, _ in lexical], dtype=np.int64),
+                ],
+                k=rrf_k,
+                limit=k,
+            )
+            ranked = [(int(i), float(sc)) for i, sc in zip(fused_ids, fused_scores, strict=True)]
+            timings["fusion_ms"] = _ms(t)
+        else:
+            ranked = (dense or lexical)[:k]
 
         t = time.perf_counter()
-        scores, ids = search_segments(
-            loaded,
-            qvec.astype(np.float32, copy=False),
-            k,
-            metric=metric,  # type: ignore[arg-type]
-            exclude_ids=tombstones if len(tombstones) else None,
-            allow_ids=allow,
-        )
-        timings["search_ms"] = _ms(t)
-
-        t = time.perf_counter()
-        found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0], strict=True) if i >= 0]
         with session_scope(self._sessions) as s:
-            docs = documents_by_ids(s, [i for i, _ in found])
+            docs = documents_by_ids(s, [i for i, _ in ranked])
             hits = [
                 Hit(docs[i].external_id, score, docs[i].text, dict(docs[i].meta or {}))
-                for i, score in found
+                for i, score in ranked
                 if i in docs  # deleted after the manifest read: drop, never show stale rows
             ]
         timings["fetch_ms"] = _ms(t)

@@ -1,8 +1,10 @@
-"""Immutable on-disk segments: one FAISS index plus its ids and raw vectors.
+"""Immutable on-disk segments: one FAISS index plus its ids and raw vectors, and BM25 counts.
 
 Layout: ``<root>/<collection_id>/<segment_name>/`` with ``index.faiss``, ``ids.npy``
 (int64), ``vectors.npy`` (float32, un-normalised, so compaction can rebuild any index type)
-and ``meta.json``. A segment is written into ``.<name>.tmp-<uuid>`` next to its final place,
+and ``meta.json``; segments written with texts also hold a lexical index (``lexical.npz``,
+``lexical_vocab.json``, see :mod:`indexer.lexical`) and ``"lexical": true`` in their meta.
+A segment is written into ``.<name>.tmp-<uuid>`` next to its final place,
 fsync'ed, then renamed; the manifest row in the database is the commit point.
 """
 
@@ -15,6 +17,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +28,7 @@ import numpy as np
 
 from core.errors import IndexError_, InvalidRequest
 from indexer.gpu import maybe_to_gpu
+from indexer.lexical import LexicalIndex, build_lexical, load_lexical
 from indexer.spec import Metric, as_ids, as_vectors, build_index, check_metric
 
 logger = logging.getLogger(__name__)
@@ -88,12 +92,18 @@ def write_segment(
     vectors: np.ndarray,
     ids: np.ndarray,
     index: faiss.Index | None = None,
+    texts: Sequence[str] | None = None,
+    lexical: LexicalIndex | None = None,
 ) -> Path:
     """Write a segment atomically and return its final directory.
 
     Builds the index with :func:`build_index` unless ``index`` (built from the same vectors
-    and ids) is given. Raises :class:`IndexError_` if the segment already exists: names are
-    unique, so a collision is a bug, not a retry.
+    and ids) is given. With ``texts`` (``texts[i]`` is the document of ``ids[i]``) the
+    segment also gets a BM25 lexical index; compaction passes a merged ``lexical`` instead,
+    whose ids must be the segment's ids or a subset of them (documents of older segments
+    without one). Both indexes are renamed into place together. Raises
+    :class:`IndexError_` if the segment already exists: names are unique, so a collision is
+    a bug, not a retry.
     """
     _check_name(name)
     metric = check_metric(metric)
@@ -110,6 +120,7 @@ def write_segment(
             f"The index holds {index.ntotal} vectors of dim {index.d} but vectors of shape "
             f"{vectors.shape} were given"
         )
+    lexical = _lexical_for(ids, texts, lexical)
     meta = {
         "format_version": FORMAT_VERSION,
         "spec": spec,
@@ -118,6 +129,8 @@ def write_segment(
         "n": int(index.ntotal),
         "created_at": datetime.now(UTC).isoformat(),
     }
+    if lexical is not None:
+        meta["lexical"] = True
 
     parent.mkdir(parents=True, exist_ok=True)
     tmp = parent / f".{name}{_TMP_MARKER}{uuid.uuid4().hex}"
@@ -127,6 +140,8 @@ def write_segment(
         _fsync_path(tmp / INDEX_FILE)
         _write_npy(tmp / IDS_FILE, ids)
         _write_npy(tmp / VECTORS_FILE, vectors)
+        if lexical is not None:
+            lexical.save(tmp)
         with open(tmp / META_FILE, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
             f.flush()
@@ -138,9 +153,31 @@ def write_segment(
         raise
     _fsync_path(parent)
     logger.info(
-        "Wrote segment %s of collection %d (%s, %d vectors)", name, collection_id, spec, meta["n"]
+        "Wrote segment %s of collection %d (%s, %d vectors%s)",
+        name,
+        collection_id,
+        spec,
+        meta["n"],
+        "" if lexical is None else f", lexical {len(lexical)} docs / {len(lexical.vocab)} terms",
     )
     return final
+
+
+def _lexical_for(
+    ids: np.ndarray, texts: Sequence[str] | None, lexical: LexicalIndex | None
+) -> LexicalIndex | None:
+    """The lexical index to write with a segment of ``ids``, checked against them."""
+    if texts is not None and lexical is not None:
+        raise InvalidRequest("Pass texts or a prebuilt lexical index, not both")
+    if texts is not None:
+        if isinstance(texts, str) or len(texts) != len(ids):
+            raise InvalidRequest(
+                f"texts must be a sequence of {len(ids)} strings, one per vector id"
+            )
+        return build_lexical(texts, ids)
+    if lexical is not None and not np.isin(lexical.ids, ids).all():
+        raise InvalidRequest("The lexical index holds ids that are not in the segment")
+    return lexical
 
 
 def read_meta(path: Path) -> dict[str, Any]:
@@ -167,6 +204,7 @@ class LoadedSegment:
     ids: np.ndarray
     metric: Metric
     dim: int
+    lexical: LexicalIndex | None = None  # None: the segment was written without texts
 
     @property
     def ntotal(self) -> int:
@@ -186,7 +224,10 @@ def _read_index(path: Path) -> faiss.Index:
 
 
 def load_segment(path: Path, *, use_gpu: bool = False) -> LoadedSegment:
-    """Load the segment at ``path`` read-only, on the GPU(s) when ``use_gpu`` and possible."""
+    """Load the segment at ``path`` read-only, on the GPU(s) when ``use_gpu`` and possible.
+
+    The lexical index, if the segment has one, is loaded too (into memory, on the CPU).
+    """
     path = Path(path)
     meta = read_meta(path)
     index = _read_index(path / INDEX_FILE)
@@ -196,13 +237,35 @@ def load_segment(path: Path, *, use_gpu: bool = False) -> LoadedSegment:
             f"Segment {path.name!r} is inconsistent: index has {index.ntotal} vectors of dim "
             f"{index.d}, ids.npy {ids.shape[0]}, meta.json n={meta['n']} dim={meta['dim']}"
         )
+    lexical = _read_lexical(path, meta, ids)
     return LoadedSegment(
         name=path.name,
         index=maybe_to_gpu(index, use_gpu),
         ids=ids,
         metric=check_metric(meta["metric"]),
         dim=int(meta["dim"]),
+        lexical=lexical,
     )
+
+
+def _read_lexical(path: Path, meta: dict[str, Any], ids: np.ndarray) -> LexicalIndex | None:
+    lexical = load_lexical(path)
+    if bool(meta.get("lexical")) != (lexical is not None):
+        raise IndexError_(
+            f"Segment {path.name!r} is inconsistent: meta.json says lexical="
+            f"{bool(meta.get('lexical'))} but the lexical files are "
+            f"{'present' if lexical is not None else 'missing'}"
+        )
+    if lexical is not None and not np.isin(lexical.ids, ids).all():
+        raise IndexError_(f"Segment {path.name!r} has lexical ids that are not in ids.npy")
+    return lexical
+
+
+def read_lexical(path: Path) -> LexicalIndex | None:
+    """The lexical index of the segment at ``path``; ``None`` if it was written without one."""
+    path = Path(path)
+    meta = read_meta(path)
+    return _read_lexical(path, meta, np.load(path / IDS_FILE, allow_pickle=False))
 
 
 def read_vectors(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -26,7 +26,9 @@ from core.jobs import committed_count, finish, get_job, mark_running, set_progre
 from core.models import Collection, DocState, Document, Job, JobKind, JobState, Segment
 from indexer import (
     active_segments,
+    build_lexical,
     commit_segment,
+    compact_lexical,
     compact_vectors,
     delete_segment_files,
     lock_collection,
@@ -116,7 +118,7 @@ def run_ingest(rt: Runtime, job_id: str) -> int:
         )
         # Zero when a concurrent copy of the job took every document of this chunk (or
         # they were deleted meanwhile); whatever is left is re-read on the next turn.
-        n = _commit_chunk(rt, coll.id, job_id, ids, vectors)
+        n = _commit_chunk(rt, coll, job_id, ids, vectors, [t for _, t in batch])
         progress.new_chunk(n)
         indexed += n
     with session_scope(rt.sessions) as s:
@@ -127,37 +129,51 @@ def run_ingest(rt: Runtime, job_id: str) -> int:
 
 
 def _commit_chunk(
-    rt: Runtime, collection_id: int, job_id: str, ids: np.ndarray, vectors: np.ndarray
+    rt: Runtime,
+    coll: Collection,
+    job_id: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    texts: list[str],
 ) -> int:
     """Write one segment for the still-pending ``ids`` and commit it; returns its size."""
+    # Tokenising is the slow part of the lexical index: do it before taking the lock.
+    lexical = build_lexical(texts, ids) if coll.lexical else None
     path = None
     try:
         with session_scope(rt.sessions) as s:
-            coll = lock_collection(s, collection_id)
+            locked = lock_collection(s, coll.id)
             still = set(
                 s.scalars(
                     select(Document.id).where(
-                        Document.id.in_(ids.tolist()), Document.state == DocState.PENDING
+                        Document.job_id == job_id,
+                        Document.state == DocState.PENDING,
+                        Document.id.between(int(ids.min()), int(ids.max())),
                     )
                 )
             )
             keep = np.fromiter((int(i) in still for i in ids), dtype=bool, count=len(ids))
             if not keep.any():
                 return 0
+            if lexical is not None and not keep.all():
+                lexical = build_lexical(
+                    [t for t, k in zip(texts, keep, strict=True) if k], ids[keep]
+                )
             name = new_segment_name()
             path = write_segment(
                 rt.segments_root,
-                collection_id,
+                coll.id,
                 name,
                 spec=INGEST_SEGMENT_SPEC,
-                metric=coll.metric,  # type: ignore[arg-type]
+                metric=locked.metric,  # type: ignore[arg-type]
                 vectors=vectors[keep],
                 ids=ids[keep],
+                lexical=lexical,
             )
             kept = ids[keep].tolist()
             commit_segment(
                 s,
-                coll,
+                locked,
                 name=name,
                 spec=INGEST_SEGMENT_SPEC,
                 n_vectors=len(kept),
@@ -228,6 +244,8 @@ def run_compact(rt: Runtime, job_id: str) -> int:
             need,
         )
         spec = "Flat"
+    paths = [root / seg.name for seg in segments]
+    lexical = compact_lexical(paths, drop) if coll.lexical else None
     name = new_segment_name()
     path = write_segment(
         rt.segments_root,
@@ -237,6 +255,7 @@ def run_compact(rt: Runtime, job_id: str) -> int:
         metric=coll.metric,  # type: ignore[arg-type]
         vectors=vectors,
         ids=ids,
+        lexical=lexical,
     )
     try:
         with session_scope(rt.sessions) as s:

@@ -53,6 +53,7 @@ def create_collection(
         dim=embedder.dim,
         metric=body.metric,
         index_spec=body.index_spec,
+        lexical=body.lexical,
         description=body.description,
     )
     session.commit()

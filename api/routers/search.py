@@ -13,13 +13,20 @@ router = APIRouter(prefix="/v1", tags=["search"])
 
 @router.post("/search", dependencies=[ReadScope])
 def search(body: SearchRequest, state: StateDep) -> SearchResponse:
-    """Dense search with optional metadata filters; returns hits and per-stage timings."""
+    """Dense, lexical or hybrid search with metadata filters; hits and per-stage timings."""
     limits = state.runtime.settings.limits
     if body.k > limits.max_k:
         raise InvalidRequest(f"k={body.k} exceeds the limit of {limits.max_k}")
     if len(body.query) > limits.max_text_chars:
         raise InvalidRequest(f"The query exceeds {limits.max_text_chars} characters")
-    result = state.searcher.search(body.collection, body.query, k=body.k, filters=body.filters)
+    result = state.searcher.search(
+        body.collection,
+        body.query,
+        k=body.k,
+        filters=body.filters,
+        mode=body.mode,
+        rrf_k=body.rrf_k,
+    )
     for stage, ms in result.timings.items():
         state.metrics.stage_duration.labels(stage.removesuffix("_ms")).observe(ms / 1000.0)
     hits = [

@@ -59,7 +59,7 @@ def test_ingest_search_get_delete(client: TestClient) -> None:
     assert body["data"][0]["text"] == TOPICS["finance"]
     assert len(body["data"]) == 3
     assert scores_desc(body["data"])
-    assert {"embed_ms", "search_ms", "fetch_ms", "total_ms"} <= body["timings"].keys()
+    assert {"embed_ms", "dense_ms", "fetch_ms", "total_ms"} <= body["timings"].keys()
 
     assert client.get("/v1/collections/kb/documents/cook").json()["state"] == "indexed"
     assert client.delete("/v1/collections/kb/documents/finance").status_code == 204
@@ -246,3 +246,34 @@ def test_api_keys_and_scopes(sqlite_settings) -> None:
         admin = {"Authorization": "Bearer static-admin-key-0123456789"}
         assert client.post("/v1/collections", json={"name": "a"}, headers=admin).status_code == 201
         assert client.get("/healthz").status_code == 200  # probes stay open
+
+
+def test_lexical_and_hybrid_modes(client: TestClient) -> None:
+    _create(client)
+    wait_job(client, _ingest(client, "kb", _docs())["job"]["id"])
+    q = {"collection": "kb", "k": 3}
+    # BM25 needs the words; "mitochondria" appears only in the biology document.
+    r = client.post("/v1/search", json={**q, "query": "mitochondria", "mode": "lexical"})
+    body = r.json()
+    assert r.status_code == 200 and [h["id"] for h in body["data"]] == ["biology"]
+    assert "lexical_ms" in body["timings"] and "embed_ms" not in body["timings"]
+    r = client.post("/v1/search", json={**q, "query": "symphony concert", "mode": "hybrid"})
+    body = r.json()
+    assert body["data"][0]["id"] == "music"
+    assert {"dense_ms", "lexical_ms", "fusion_ms"} <= body["timings"].keys()
+    # RRF score of the top hit, ranked first by both sides with k=60: 2/61
+    assert body["data"][0]["score"] == pytest.approx(2 / 61)
+    # Deletes reach the lexical index too.
+    client.delete("/v1/collections/kb/documents/biology")
+    r = client.post("/v1/search", json={**q, "query": "mitochondria", "mode": "lexical"})
+    assert r.json()["data"] == []
+    r = client.post("/v1/search", json={**q, "query": "x", "mode": "sparse"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"
+
+
+def test_lexical_disabled_collection(client: TestClient) -> None:
+    _create(client, "dense-only", lexical=False)
+    r = client.post(
+        "/v1/search", json={"collection": "dense-only", "query": "x", "mode": "hybrid"}
+    )
+    assert r.status_code == 422 and "no lexical index" in r.json()["error"]["message"]

@@ -43,7 +43,7 @@ def test_upgrade_downgrade_upgrade_postgres(pg_url: str) -> None:
 
 
 def test_head_is_single() -> None:
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 def test_api_refuses_unmigrated_database(tmp_path: Path) -> None:

@@ -1,0 +1,144 @@
+"""Retrieval evaluation: the query loop (fake searcher) and end to end through ingest + search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.errors import InvalidRequest
+from evaluation.loaders import load_beir
+from evaluation.retrieval import check_mode, latency_stats, search_queries
+
+
+@dataclass
+class _Hit:
+    external_id: str
+    score: float
+    text: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Result:
+    hits: list[_Hit]
+    timings: dict[str, float]
+
+
+class FakeSearcher:
+    """Returns fixed hits per query text and records the calls."""
+
+    def __init__(self, hits: dict[str, list[tuple[str, float]]]) -> None:
+        self.hits = hits
+        self.calls: list[dict[str, Any]] = []
+
+    def search(self, collection: str, query: str, **kwargs: Any) -> _Result:
+        self.calls.append({"collection": collection, "query": query, **kwargs})
+        found = [_Hit(d, s) for d, s in self.hits.get(query, [])][: kwargs["k"]]
+        return _Result(found, {"lexical_ms": 1.0, "total_ms": 2.0})
+
+
+def test_search_queries_keeps_service_order(tiny_beir: Path) -> None:
+    ds = load_beir(tiny_beir)
+    searcher = FakeSearcher(
+        {
+            "volcano eruption lava": [("d1", 0.5), ("d2", 0.5), ("d1", 0.1)],
+            "how to bake bread": [("d3", 2.0)],
+        }
+    )
+    run, stats = search_queries(
+        searcher,  # type: ignore[arg-type]
+        "tiny",
+        ds.queries,
+        mode="lexical",
+        k=10,
+        rrf_k=30,
+        show_progress=False,
+    )
+    assert list(run) == ["q1", "q2", "q3"]
+    assert list(run["q1"]) == ["d1", "d2"] and run["q1"]["d1"] == 0.5  # first hit wins
+    assert run["q3"] == {}
+    assert len(searcher.calls) == 4  # one warm-up + three queries
+    assert searcher.calls[-1] == {
+        "collection": "tiny",
+        "query": ds.queries["q3"],
+        "k": 10,
+        "mode": "lexical",
+        "rrf_k": 30,
+    }
+    assert stats["stage_lexical_ms"] == 1.0 and stats["latency_p95_ms"] >= 0.0
+
+
+def test_latency_stats() -> None:
+    stats = latency_stats([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert stats["latency_median_ms"] == 3.0 and stats["latency_max_ms"] == 100.0
+    assert stats["latency_p95_ms"] == pytest.approx(80.8)
+    assert latency_stats([]) == {}
+
+
+def test_check_mode() -> None:
+    assert check_mode("hybrid") == "hybrid"
+    with pytest.raises(InvalidRequest, match="Valid modes: dense, lexical, hybrid"):
+        check_mode("sparse")
+
+
+@pytest.mark.slow
+def test_end_to_end_lexical_on_tiny_beir(tiny_beir: Path, sqlite_settings) -> None:
+    """Real ingest (MiniLM embeds the corpus) + BM25 search; re-running re-indexes nothing."""
+    from evaluation.retrieval import run_retrieval_eval
+    from indexer.cache import SegmentCache
+    from indexer.searcher import Searcher
+    from workers.dispatch import make_dispatcher
+    from workers.runtime import Runtime
+
+    ds = load_beir(tiny_beir)
+    rt = Runtime.create(sqlite_settings)
+    dispatcher = make_dispatcher(rt)
+    try:
+        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
+        res, run, timings = run_retrieval_eval(
+            rt,
+            dispatcher,
+            searcher,
+            ds,
+            collection="tiny",
+            mode="lexical",
+            k=5,
+            show_progress=False,
+        )
+        assert timings["documents"] == 8 and timings["indexed"] == 8
+        assert timings["latency_median_ms"] > 0
+        assert set(run) == {"q1", "q2", "q3"}
+        assert next(iter(run["q1"])) == "d1"  # "lava", "volcano", "erupts" share terms
+        assert next(iter(run["q2"])) == "d3"  # "bread"
+        assert res.aggregate["recall@100"] > 0.5 and res.aggregate["ndcg@10"] > 0.5
+
+        again, run2, t2 = run_retrieval_eval(
+            rt,
+            dispatcher,
+            searcher,
+            ds,
+            collection="tiny",
+            mode="lexical",
+            k=5,
+            show_progress=False,
+        )
+        assert t2["indexed"] == 0 and t2["unchanged"] == 8
+        assert run2 == run and again.aggregate == res.aggregate
+
+        with pytest.raises(InvalidRequest, match="already exists"):
+            run_retrieval_eval(
+                rt,
+                dispatcher,
+                searcher,
+                ds,
+                collection="tiny",
+                mode="lexical",
+                reuse=False,
+                show_progress=False,
+            )
+    finally:
+        dispatcher.close()
+        rt.close()
