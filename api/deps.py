@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from api.state import AppState
 from core.db import session_scope
+from core.errors import Forbidden
 from core.settings import Settings
 
 
@@ -45,3 +46,16 @@ def require(scope: str) -> Callable[..., None]:
 
 ReadScope = Depends(require("read"))
 WriteScope = Depends(require("write"))
+
+
+def check_model_allowed(settings: Settings, name: str) -> None:
+    """Refuse model names the operator has not allowed (a name may be a local path)."""
+    from embedder import KNOWN_MODELS
+
+    allowed = {settings.embedder.default_model, *KNOWN_MODELS, *settings.embedder.allowed_models}
+    if name not in allowed:
+        raise Forbidden(
+            f"Model {name!r} is not enabled on this server. Enabled models: "
+            f"{', '.join(sorted(allowed))}. Operators add more with "
+            "QUARRY_EMBEDDER__ALLOWED_MODELS (a JSON list)."
+        )

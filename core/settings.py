@@ -31,6 +31,9 @@ class EmbedderSettings(BaseModel):
     """Defaults for text embedding."""
 
     default_model: str = "all-MiniLM-L6-v2"
+    # Models that API clients may name, besides the default and the packaged ones (local
+    # directories included). Clients never get to load an arbitrary path.
+    allowed_models: list[str] = Field(default_factory=list)
     device: str = "auto"
     # Token budget for one forward pass: batches hold sequences until
     # (longest sequence in the batch x batch size) would exceed it.

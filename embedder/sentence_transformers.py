@@ -34,6 +34,8 @@ _PROMPT_NAMES: dict[str, tuple[str, ...]] = {
 class SentenceTransformerEmbedder:
     """An :class:`~embedder.base.Embedder` over a local sentence-transformers model directory.
 
+    Batches follow :func:`~embedder.batching.plan_batches` with ``batch_tokens``,
+    ``max_batch_size`` and ``min_fill`` (``None``: 0.75 on CPU, 0 on GPU).
     ``query_prefix`` / ``document_prefix`` are prepended to texts of that kind; ``None`` takes
     the model's own configured prompts (none for all-MiniLM-L6-v2). The model runs in fp16 on
     CUDA and fp32 on CPU; embeddings are always returned as float32.
@@ -47,7 +49,7 @@ class SentenceTransformerEmbedder:
         device: str = "auto",
         batch_tokens: int = 16_384,
         max_batch_size: int = 256,
-        min_fill: float = 0.0,
+        min_fill: float | None = None,
         query_prefix: str | None = None,
         document_prefix: str | None = None,
     ) -> None:
@@ -57,7 +59,10 @@ class SentenceTransformerEmbedder:
         self.device = resolve_device(device)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
-        self.min_fill = min_fill
+        # On CPU compute follows padded tokens, so closing batches at 75% fill pays (64 mixed-length
+        # texts ran 2.5x faster); on GPU each extra forward costs more than the padding it saves.
+        # Numbers: bench/results/embed_throughput_sweep_h200.json.
+        self.min_fill = (0.75 if self.device == "cpu" else 0.0) if min_fill is None else min_fill
         try:
             model = SentenceTransformer(
                 str(path), device=self.device, local_files_only=True, trust_remote_code=False

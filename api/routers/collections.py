@@ -7,7 +7,7 @@ import shutil
 from fastapi import APIRouter, status
 from sqlalchemy import func, select
 
-from api.deps import ReadScope, SessionDep, StateDep, WriteScope
+from api.deps import ReadScope, SessionDep, StateDep, WriteScope, check_model_allowed
 from api.schemas import (
     CollectionCreate,
     CollectionPublic,
@@ -44,6 +44,7 @@ def create_collection(
     """Create a collection; its vector size comes from the embedding model."""
     repo.validate_name(body.name)
     model = body.embedder or state.runtime.settings.embedder.default_model
+    check_model_allowed(state.runtime.settings, model)
     embedder = state.runtime.embedders.get(model)
     validate_spec(body.index_spec, embedder.dim)
     coll = repo.create_collection(

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 from fastapi import APIRouter
 
-from api.deps import ReadScope, StateDep
+from api.deps import ReadScope, StateDep, check_model_allowed
 from api.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -35,6 +35,7 @@ def _embed(
         if len(text) > limits.max_text_chars:
             raise InvalidRequest(f"Input {i} exceeds {limits.max_text_chars} characters")
     name = model or state.runtime.settings.embedder.default_model
+    check_model_allowed(state.runtime.settings, name)
     embedder = state.runtime.embedders.get(name)
     vectors = embedder.embed(texts, kind=kind, normalize=normalize)
     state.metrics.embedded_texts.labels(name).inc(len(texts))

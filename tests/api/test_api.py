@@ -173,9 +173,11 @@ def test_errors_are_json_with_stable_codes(client: TestClient) -> None:
     assert "query" in r.json()["error"]["message"]
     r = client.post("/v1/collections", json={"name": "bad name!"})
     assert r.status_code == 422 and "Invalid collection name" in r.json()["error"]["message"]
-    r = client.post("/v1/collections", json={"name": "x", "embedder": "no-such-model"})
-    assert r.status_code == 422 and r.json()["error"]["code"] == "model_not_available"
-    assert "pip install" in r.json()["error"]["message"] or "local" in r.json()["error"]["message"]
+    r = client.post("/v1/collections", json={"name": "x", "embedder": "/etc"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+    assert "not enabled" in r.json()["error"]["message"]
+    r = client.post("/v1/embed", json={"inputs": ["x"], "model": "/tmp"})
+    assert r.status_code == 403
     r = client.post("/v1/collections", json={"name": "x", "index_spec": "NotAnIndex99"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "index_error"
     _create(client, "dup")
@@ -194,6 +196,16 @@ def test_errors_are_json_with_stable_codes(client: TestClient) -> None:
     assert r.status_code == 422 and "error" in r.json()
     r = client.post("/v1/search", json={"collection": "dup", "query": "x", "k": 100000})
     assert r.status_code == 422 and "limit" in r.json()["error"]["message"]
+
+
+def test_missing_model_names_the_package(sqlite_settings) -> None:
+    from api.app import create_app
+
+    sqlite_settings.embedder.allowed_models = ["no-such-model"]
+    with TestClient(create_app(sqlite_settings)) as client:
+        r = client.post("/v1/collections", json={"name": "x", "embedder": "no-such-model"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "model_not_available"
+        assert "pip install" in r.json()["error"]["message"]
 
 
 def test_request_limits(sqlite_settings) -> None:
@@ -273,7 +285,5 @@ def test_lexical_and_hybrid_modes(client: TestClient) -> None:
 
 def test_lexical_disabled_collection(client: TestClient) -> None:
     _create(client, "dense-only", lexical=False)
-    r = client.post(
-        "/v1/search", json={"collection": "dense-only", "query": "x", "mode": "hybrid"}
-    )
+    r = client.post("/v1/search", json={"collection": "dense-only", "query": "x", "mode": "hybrid"})
     assert r.status_code == 422 and "no lexical index" in r.json()["error"]["message"]

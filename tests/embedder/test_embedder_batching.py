@@ -6,21 +6,20 @@ import pytest
 from embedder import plan_batches
 
 
-def _check_plan(lengths: np.ndarray, batches: list[np.ndarray], budget: int, cap: int) -> None:
-    seen = np.concatenate(batches) if batches else np.array([], dtype=np.int64)
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("min_fill", [0.0, 0.75])
+def test_plan_covers_every_index_once_within_budget(seed: int, min_fill: float) -> None:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 600, size=int(rng.integers(1, 400)))
+    budget, cap = int(rng.integers(64, 5000)), int(rng.integers(1, 64))
+    batches = plan_batches(lengths, batch_tokens=budget, max_batch_size=cap, min_fill=min_fill)
+    seen = np.concatenate(batches)
     assert np.array_equal(np.sort(seen), np.arange(len(lengths)))
     for batch in batches:
+        padded = lengths[batch].max() * len(batch)
         assert 1 <= len(batch) <= cap
-        assert lengths[batch].max() * len(batch) <= budget or len(batch) == 1
-
-
-@pytest.mark.parametrize("seed", range(20))
-def test_plan_covers_every_index_once_within_budget(seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(0, 600, size=int(rng.integers(1, 400)))
-    budget, cap = int(rng.integers(64, 5000)), int(rng.integers(1, 64))
-    batches = plan_batches(lengths, batch_tokens=budget, max_batch_size=cap)
-    _check_plan(lengths, batches, budget, cap)
+        assert padded <= budget or len(batch) == 1
+        assert lengths[batch].sum() >= min_fill * padded
 
 
 def test_longest_items_first_and_batches_are_full() -> None:
@@ -39,6 +38,14 @@ def test_max_batch_size_caps_batches() -> None:
     assert [len(b) for b in batches] == [4, 4, 2]
 
 
+def test_min_fill_closes_batches_before_padding_dominates() -> None:
+    lengths = [100, 90, 80, 10, 10, 10]
+    plain = plan_batches(lengths, batch_tokens=10_000, max_batch_size=8)
+    filled = plan_batches(lengths, batch_tokens=10_000, max_batch_size=8, min_fill=0.75)
+    assert [b.tolist() for b in plain] == [[0, 1, 2, 3, 4, 5]]
+    assert [b.tolist() for b in filled] == [[0, 1, 2], [3, 4, 5]]
+
+
 def test_zero_lengths_are_allowed() -> None:
     batches = plan_batches([0, 0, 0], batch_tokens=2, max_batch_size=8)
     assert [len(b) for b in batches] == [2, 1]
@@ -55,3 +62,9 @@ def test_empty_input() -> None:
 def test_bad_arguments_raise(lengths: list[int], budget: int, cap: int) -> None:
     with pytest.raises(ValueError):
         plan_batches(lengths, batch_tokens=budget, max_batch_size=cap)
+
+
+@pytest.mark.parametrize("min_fill", [-0.1, 1.5])
+def test_bad_min_fill_raises(min_fill: float) -> None:
+    with pytest.raises(ValueError, match="min_fill"):
+        plan_batches([1, 2], batch_tokens=10, max_batch_size=4, min_fill=min_fill)
