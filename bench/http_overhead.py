@@ -29,6 +29,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ms(stats: dict[str, float]) -> dict[str, float]:
+    return {k.replace("_s", "_ms"): v * 1000 for k, v in stats.items() if k != "n"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="HTTP overhead of /v1/search")
     ap.add_argument("--queries", type=int, default=200)
@@ -100,8 +104,8 @@ def main() -> None:
         "queries": len(queries),
         "k": args.k,
         "mode": args.mode,
-        "http_ms": {k: v * 1000 for k, v in http_s.items() if k != "n"},
-        "in_process_ms": {k: v * 1000 for k, v in inproc_s.items() if k != "n"},
+        "http_ms": _ms(http_s),
+        "in_process_ms": _ms(inproc_s),
         "overhead_p50_ms": (http_s["median_s"] - inproc_s["median_s"]) * 1000,
         "ratio_http_over_in_process_p50": http_s["median_s"] / inproc_s["median_s"],
     }

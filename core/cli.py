@@ -14,12 +14,14 @@ import typer
 from core.errors import QuarryError
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from evaluation.cli import app as eval_app
 
 app = typer.Typer(help="Quarry: retrieval, embedding and ranking service.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(eval_app, name="eval")
 
 logger = logging.getLogger("quarry.cli")
 F = TypeVar("F", bound=Callable[..., Any])

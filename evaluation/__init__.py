@@ -1,3 +1,139 @@
-"""IR and CTR evaluation (filled in by the evaluation harness issue)."""
+"""IR evaluation: dataset loaders, ranx metrics, paired significance tests, reports.
 
-__all__: list[str] = []
+``quarry eval`` (:mod:`evaluation.cli`) drives it. Importing this package is cheap: ranx,
+scipy, matplotlib and the service's ingest/search modules are imported only when used, and
+the public names below are resolved on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from evaluation.loaders import (
+        BeirDataset,
+        Candidate,
+        CandidateSet,
+        load_beir,
+        load_beir_qrels,
+        load_trec_candidates,
+        load_trec_qrels,
+    )
+    from evaluation.metrics import (
+        DEFAULT_METRICS,
+        EvalResult,
+        check_metric,
+        evaluate_run,
+    )
+    from evaluation.report import (
+        load_run_record,
+        markdown_report,
+        metrics_table,
+        plot_comparison,
+        write_comparison_report,
+        write_json,
+    )
+    from evaluation.rerank import (
+        RERANK_METRICS,
+        RERANKERS,
+        EmbedderReranker,
+        Reranker,
+        make_reranker,
+        register_reranker,
+        run_rerank_eval,
+    )
+    from evaluation.retrieval import (
+        MODES,
+        run_retrieval_eval,
+        search_queries,
+    )
+    from evaluation.significance import (
+        Comparison,
+        PairComparison,
+        compare,
+        holm,
+    )
+
+# Public name -> defining module, imported on first access (PEP 562) so that importing
+# the package (``core.cli`` does, for ``quarry eval``) stays cheap.
+_EXPORTS: dict[str, str] = {
+    "BeirDataset": "evaluation.loaders",
+    "Candidate": "evaluation.loaders",
+    "CandidateSet": "evaluation.loaders",
+    "load_beir": "evaluation.loaders",
+    "load_beir_qrels": "evaluation.loaders",
+    "load_trec_candidates": "evaluation.loaders",
+    "load_trec_qrels": "evaluation.loaders",
+    "DEFAULT_METRICS": "evaluation.metrics",
+    "EvalResult": "evaluation.metrics",
+    "check_metric": "evaluation.metrics",
+    "evaluate_run": "evaluation.metrics",
+    "load_run_record": "evaluation.report",
+    "markdown_report": "evaluation.report",
+    "metrics_table": "evaluation.report",
+    "plot_comparison": "evaluation.report",
+    "write_comparison_report": "evaluation.report",
+    "write_json": "evaluation.report",
+    "RERANK_METRICS": "evaluation.rerank",
+    "RERANKERS": "evaluation.rerank",
+    "EmbedderReranker": "evaluation.rerank",
+    "Reranker": "evaluation.rerank",
+    "make_reranker": "evaluation.rerank",
+    "register_reranker": "evaluation.rerank",
+    "run_rerank_eval": "evaluation.rerank",
+    "MODES": "evaluation.retrieval",
+    "run_retrieval_eval": "evaluation.retrieval",
+    "search_queries": "evaluation.retrieval",
+    "Comparison": "evaluation.significance",
+    "PairComparison": "evaluation.significance",
+    "compare": "evaluation.significance",
+    "holm": "evaluation.significance",
+}
+
+__all__ = [
+    "DEFAULT_METRICS",
+    "MODES",
+    "RERANKERS",
+    "RERANK_METRICS",
+    "BeirDataset",
+    "Candidate",
+    "CandidateSet",
+    "Comparison",
+    "EmbedderReranker",
+    "EvalResult",
+    "PairComparison",
+    "Reranker",
+    "check_metric",
+    "compare",
+    "evaluate_run",
+    "holm",
+    "load_beir",
+    "load_beir_qrels",
+    "load_run_record",
+    "load_trec_candidates",
+    "load_trec_qrels",
+    "make_reranker",
+    "markdown_report",
+    "metrics_table",
+    "plot_comparison",
+    "register_reranker",
+    "run_rerank_eval",
+    "run_retrieval_eval",
+    "search_queries",
+    "write_comparison_report",
+    "write_json",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'evaluation' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,339 @@
+"""``quarry eval``: retrieval and reranking evaluation, and run comparison with significance tests.
+
+Registered in :mod:`core.cli` as ``app.add_typer(evaluation.cli.app, name="eval")``. Importing
+this module is cheap (typer only); everything heavy is imported inside the commands, and so
+is :mod:`core.cli` itself, which imports this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+if TYPE_CHECKING:
+    from evaluation.metrics import EvalResult
+
+app = typer.Typer(
+    help="Evaluate retrieval and reranking; compare runs with significance tests.",
+    no_args_is_help=True,
+)
+
+logger = logging.getLogger("quarry.cli.eval")
+F = TypeVar("F", bound=Callable[..., Any])
+
+RUNS_DIR = Path("evaluation") / "runs"
+
+
+def _friendly(fn: F) -> F:
+    """:func:`core.cli.friendly` (one red line for domain errors), imported at call time.
+
+    ``core.cli`` imports this module to register the sub-app, so importing it back at module
+    level would be circular.
+    """
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from core.cli import friendly
+
+        return friendly(fn)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _setup() -> Any:
+    from core.cli import _setup as setup
+
+    return setup()
+
+
+def _command_line() -> str:
+    return shlex.join(["quarry", *sys.argv[1:]]) if sys.argv else "quarry"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
+
+
+def _save(
+    out: Path,
+    name: str,
+    *,
+    kind: str,
+    config: dict[str, Any],
+    result: EvalResult,
+    run: dict[str, dict[str, float]],
+    timings: dict[str, Any],
+) -> Path:
+    from evaluation.report import run_record, write_json
+
+    run_path = write_json(out / f"{name}.run.json", run)
+    record = run_record(
+        name=name,
+        kind=kind,
+        config=config,
+        aggregate=result.aggregate,
+        per_query=result.per_query,
+        timings=timings,
+        command=_command_line(),
+        run_file=run_path.name,
+    )
+    return write_json(out / f"{name}.json", record)
+
+
+def _print_result(name: str, result: EvalResult, timings: dict[str, Any], path: Path) -> None:
+    from evaluation.report import metrics_table
+
+    extra = {}
+    if "latency_median_ms" in timings:
+        extra = {
+            name: {
+                "p50 ms": f"{timings['latency_median_ms']:.1f}",
+                "p95 ms": f"{timings['latency_p95_ms']:.1f}",
+            }
+        }
+    typer.echo(metrics_table({name: result.aggregate}, extra=extra))
+    typer.echo(f"{len(result.per_query)} queries; results in {path}")
+
+
+MetricOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric",
+        help="ranx metric name, repeatable (ndcg@10, recall@100, mrr@10, map, map-l2, ...)",
+    ),
+]
+OutOpt = Annotated[Path | None, typer.Option(help="Output folder")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars")]
+
+
+@app.command()
+@_friendly
+def retrieval(
+    data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")],
+    split: Annotated[str, typer.Option(help="Qrels split (qrels/<split>.tsv)")] = "test",
+    collection: Annotated[
+        str | None, typer.Option(help="Collection to (re)use; default: the folder's name")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="dense, lexical (BM25) or hybrid (RRF)")] = "dense",
+    k: Annotated[int, typer.Option("--k", min=1, help="Documents retrieved per query")] = 100,
+    rrf_k: Annotated[int, typer.Option(min=1, help="RRF constant (hybrid)")] = 60,
+    embedder: Annotated[
+        str | None, typer.Option(help="Model of a new collection (default: settings)")
+    ] = None,
+    index_spec: Annotated[str, typer.Option(help="FAISS factory string (new collection)")] = "Flat",
+    metric: MetricOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder; default evaluation/runs/<dataset>")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Run name; default <collection>-<mode>")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per ingest job")] = 1000,
+    progress: ProgressOpt = True,
+    migrate: Annotated[
+        bool | None,
+        typer.Option(help="Migrate the database first (default: only the embedded SQLite one)"),
+    ] = None,
+) -> None:
+    """Index a BEIR corpus through the ingest path, search every query, report metrics."""
+    from evaluation.loaders import load_beir
+    from evaluation.metrics import DEFAULT_METRICS, check_metric
+    from evaluation.retrieval import check_mode, collection_config, run_retrieval_eval
+
+    checked_mode = check_mode(mode)
+    metrics = [check_metric(m) for m in (metric or DEFAULT_METRICS)]
+    dataset = load_beir(data, split)
+    coll_name = collection or dataset.name
+    run_name = _slug(name or f"{coll_name}-{checked_mode}")
+    out_dir = out or RUNS_DIR / _slug(dataset.name)
+
+    settings = _setup()
+    from core import migrate as migrations
+    from indexer.cache import SegmentCache
+    from indexer.searcher import Searcher
+    from workers.dispatch import make_dispatcher
+    from workers.runtime import Runtime
+
+    if migrate if migrate is not None else settings.is_embedded:
+        migrations.upgrade(settings.resolved_database_url)
+    rt = Runtime.create(settings)
+    dispatcher = make_dispatcher(rt)
+    try:
+        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
+        result, run, timings = run_retrieval_eval(
+            rt,
+            dispatcher,
+            searcher,
+            dataset,
+            collection=coll_name,
+            mode=checked_mode,
+            k=k,
+            rrf_k=rrf_k,
+            embedder=embedder,
+            index_spec=index_spec,
+            batch_size=batch_size,
+            metrics=metrics,
+            show_progress=progress,
+        )
+        coll_info = collection_config(rt, coll_name)
+    finally:
+        dispatcher.close()
+        rt.close()
+    config = {
+        "dataset": {
+            "name": dataset.name,
+            "folder": str(Path(data).resolve()),
+            "split": split,
+            "queries": len(dataset.queries),
+            "judgements": sum(len(v) for v in dataset.qrels.values()),
+        },
+        "mode": checked_mode,
+        "k": k,
+        "rrf_k": rrf_k,
+        **coll_info,
+        "metrics": metrics,
+    }
+    path = _save(
+        out_dir,
+        run_name,
+        kind="retrieval",
+        config=config,
+        result=result,
+        run=run,
+        timings=timings,
+    )
+    _print_result(run_name, result, timings, path)
+
+
+@app.command()
+@_friendly
+def rerank(
+    candidates: Annotated[
+        Path,
+        typer.Option(help="Candidates JSON: [{query, hits: [{qid, docid, rank, score, content}]}]"),
+    ],
+    qrels: Annotated[Path, typer.Option(help="TREC qrels: 'qid Q0 docid rel' lines")],
+    reranker: Annotated[
+        str, typer.Option(help="none (candidates as given) or embedder[:MODEL]")
+    ] = "none",
+    depth: Annotated[
+        int | None, typer.Option(min=1, help="Rerank only each query's top DEPTH")
+    ] = None,
+    metric: MetricOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder; default evaluation/runs/<candidates>")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Run name; default <candidates>-<reranker>")
+    ] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Rerank fixed candidate lists (TREC DL top-100) and report metrics against qrels."""
+    from evaluation.loaders import load_trec_candidates, load_trec_qrels
+    from evaluation.metrics import check_metric
+    from evaluation.rerank import RERANK_METRICS, make_reranker, run_rerank_eval
+
+    metrics = [check_metric(m) for m in (metric or RERANK_METRICS)]
+    cands = load_trec_candidates(candidates)
+    judgements = load_trec_qrels(qrels)
+    settings = _setup()
+    model = make_reranker(reranker, settings)
+    result, run, timings = run_rerank_eval(
+        cands, judgements, model, depth=depth, metrics=metrics, show_progress=progress
+    )
+    run_name = _slug(name or f"{cands.name}-{model.name}")
+    config = {
+        "candidates": str(Path(candidates).resolve()),
+        "qrels": str(Path(qrels).resolve()),
+        "reranker": model.name,
+        "depth": depth,
+        "metrics": metrics,
+    }
+    path = _save(
+        out or RUNS_DIR / _slug(cands.name),
+        run_name,
+        kind="rerank",
+        config=config,
+        result=result,
+        run=run,
+        timings=timings,
+    )
+    _print_result(run_name, result, timings, path)
+
+
+@app.command()
+@_friendly
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Two or more <name>.json result files")],
+    baseline: Annotated[
+        str | None, typer.Option(help="Run name to test the others against (default: all pairs)")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="Metric(s) to test, repeatable (default ndcg@10)"),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder")] = RUNS_DIR / "compare",
+    name: Annotated[str, typer.Option(help="File stem of the report")] = "compare",
+    n_resamples: Annotated[int, typer.Option(min=1, help="Randomisation test resamples")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the randomisation test")] = 0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Significance level")] = 0.05,
+) -> None:
+    """Paired t-test and randomisation test between runs (Holm-corrected): JSON, markdown, PNG."""
+    from core.errors import InvalidRequest
+    from evaluation.report import load_run_record, markdown_report, write_comparison_report
+    from evaluation.significance import compare as compare_runs
+
+    _setup()
+    if len(runs) < 2:
+        raise InvalidRequest("Compare needs at least two run files")
+    records: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for path in runs:
+        record = load_run_record(path)
+        run_name = str(record["name"])
+        if run_name in records:
+            raise InvalidRequest(
+                f"Two runs are named {run_name!r} ({sources[run_name]}, {path}); "
+                "re-run one with --name"
+            )
+        records[run_name] = record
+        sources[run_name] = str(path)
+    metrics = list(dict.fromkeys(metric or ["ndcg@10"]))
+    comparisons = []
+    for m in metrics:
+        per_query: dict[str, dict[str, float]] = {}
+        for run_name, record in records.items():
+            if m not in record["aggregate"]:
+                have = ", ".join(record["aggregate"])
+                raise InvalidRequest(f"Run {run_name!r} has no {m!r} (it has: {have})")
+            per_query[run_name] = {
+                qid: float(vals[m]) for qid, vals in record["per_query"].items() if m in vals
+            }
+        comparisons.append(
+            compare_runs(
+                per_query,
+                baseline=baseline,
+                metric=m,
+                n_resamples=n_resamples,
+                seed=seed,
+                alpha=alpha,
+            )
+        )
+    aggregates = {n: r["aggregate"] for n, r in records.items()}
+    paths = write_comparison_report(
+        out,
+        aggregates,
+        {n: r["per_query"] for n, r in records.items()},
+        comparisons,
+        baseline=baseline,
+        stem=_slug(name),
+        sources=sources,
+    )
+    typer.echo(markdown_report(aggregates, comparisons, title="Run comparison"))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))

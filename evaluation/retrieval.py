@@ -1,0 +1,263 @@
+"""First-stage retrieval evaluation through the service's own ingest and search paths.
+
+The corpus goes in through :func:`workers.batch.ensure_collection` and
+:func:`workers.batch.index_documents` (the path ``quarry index`` takes), and every query
+through :meth:`indexer.searcher.Searcher.search` (the path ``POST /v1/search`` takes), so
+the numbers measure what users get, BM25 and fusion included.
+
+Ingest is idempotent on document id and content: evaluating again on the same collection
+re-indexes nothing, so comparing modes (dense, lexical, hybrid) on one collection costs one
+indexing pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from core.errors import InvalidRequest, QuarryError
+from evaluation.metrics import DEFAULT_METRICS, EvalResult, evaluate_run
+
+if TYPE_CHECKING:
+    from evaluation.loaders import BeirDataset
+    from indexer.searcher import Searcher
+    from workers.dispatch import Dispatcher
+    from workers.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
+
+Ranking = dict[str, dict[str, float]]
+"""query id -> document id -> score, each query's documents in the order returned."""
+
+
+def check_mode(mode: str) -> Mode:
+    """``mode`` if it is a search mode, else an error listing the valid ones."""
+    if mode not in MODES:
+        raise InvalidRequest(f"Invalid mode {mode!r}. Valid modes: {', '.join(MODES)}")
+    return mode  # type: ignore[return-value]
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """Median, p95, mean and max of per-query latencies, in milliseconds."""
+    if not latencies_ms:
+        return {}
+    arr = np.asarray(latencies_ms, dtype=np.float64)
+    return {
+        "latency_median_ms": round(float(np.median(arr)), 3),
+        "latency_p95_ms": round(float(np.percentile(arr, 95)), 3),
+        "latency_mean_ms": round(float(arr.mean()), 3),
+        "latency_max_ms": round(float(arr.max()), 3),
+    }
+
+
+def search_queries(
+    searcher: Searcher,
+    collection: str,
+    queries: Mapping[str, str],
+    *,
+    mode: Mode,
+    k: int,
+    rrf_k: int = 60,
+    show_progress: bool = True,
+    warmup: bool = True,
+) -> tuple[Ranking, dict[str, float]]:
+    """Send every query through ``searcher``; returns the ranking and latency statistics.
+
+    One untimed warm-up search first (``warmup``) keeps segment loading and model start-up
+    out of the latency numbers. Service stage timings (``embed_ms``, ``lexical_ms``, ...) are
+    averaged as ``stage_<name>``.
+    """
+    if k < 1:
+        raise InvalidRequest("k must be at least 1")
+    if warmup and queries:
+        searcher.search(collection, next(iter(queries.values())), k=k, mode=mode, rrf_k=rrf_k)
+    run: Ranking = {}
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    for qid, text in tqdm(
+        queries.items(),
+        total=len(queries),
+        unit="query",
+        desc=f"searching ({mode})",
+        disable=not show_progress,
+    ):
+        t0 = time.perf_counter()
+        result = searcher.search(collection, text, k=k, mode=mode, rrf_k=rrf_k)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        ranked: dict[str, float] = {}
+        for hit in result.hits:
+            ranked.setdefault(hit.external_id, float(hit.score))
+        run[qid] = ranked
+        for stage, ms in result.timings.items():
+            stages.setdefault(stage, []).append(float(ms))
+    stats = latency_stats(latencies)
+    stats.update({f"stage_{s}": round(float(np.mean(v)), 3) for s, v in stages.items()})
+    return run, stats
+
+
+def index_corpus(
+    rt: Runtime,
+    dispatcher: Dispatcher,
+    dataset: BeirDataset,
+    *,
+    collection: str,
+    embedder: str | None = None,
+    index_spec: str = "Flat",
+    reuse: bool = True,
+    batch_size: int = 1000,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Create (or reuse) ``collection`` and ingest the dataset's corpus into it."""
+    from core.collections import document_counts, get_collection
+    from core.db import session_scope
+    from core.errors import CollectionNotFound
+    from workers.batch import ensure_collection, index_documents
+
+    with session_scope(rt.sessions) as s:
+        try:
+            existing = get_collection(s, collection)
+            found_model: str | None = existing.embedder
+        except CollectionNotFound:
+            found_model = None
+    if found_model is not None:
+        if not reuse:
+            raise InvalidRequest(
+                f"Collection {collection!r} already exists; reuse it or pick another name"
+            )
+        if embedder is not None and embedder != found_model:
+            raise InvalidRequest(
+                f"Collection {collection!r} was embedded with {found_model!r}, not "
+                f"{embedder!r}; pick another collection name for another model"
+            )
+        logger.info("Reusing collection %s (%s)", collection, found_model)
+    ensure_collection(rt, collection, embedder=embedder, index_spec=index_spec)
+    report = index_documents(
+        rt,
+        dispatcher,
+        collection,
+        dataset.documents(),
+        batch_size=batch_size,
+        wait=True,
+        show_progress=show_progress,
+    )
+    if report.failed_jobs:
+        raise QuarryError(
+            f"{len(report.failed_jobs)} ingest job(s) failed: {', '.join(report.failed_jobs)}"
+        )
+    with session_scope(rt.sessions) as s:
+        coll = get_collection(s, collection)
+        counts = document_counts(s, coll.id)
+    live = sum(counts.values())
+    if counts.get("pending"):
+        raise QuarryError(
+            f"{counts['pending']} documents of {collection!r} are still waiting to be indexed"
+        )
+    if live > report.documents:
+        logger.warning(
+            "Collection %s holds %d documents but the corpus %d: results may include "
+            "documents the qrels never judged",
+            collection,
+            live,
+            report.documents,
+        )
+    logger.info(
+        "Corpus of %s: %d documents, %d indexed now, %d unchanged (%.1fs)",
+        dataset.name,
+        report.documents,
+        report.indexed,
+        report.unchanged,
+        report.seconds,
+    )
+    return {
+        "index_s": round(report.seconds, 3),
+        "documents": report.documents,
+        "indexed": report.indexed,
+        "unchanged": report.unchanged,
+        "collection_documents": live,
+    }
+
+
+def collection_config(rt: Runtime, collection: str) -> dict[str, str | int | bool]:
+    """What a run's results depend on in the collection: model, metric, index spec."""
+    from core.collections import get_collection
+    from core.db import session_scope
+
+    with session_scope(rt.sessions) as s:
+        coll = get_collection(s, collection)
+        return {
+            "collection": coll.name,
+            "embedder": coll.embedder,
+            "dim": coll.dim,
+            "metric": coll.metric,
+            "index_spec": coll.index_spec,
+            "lexical": bool(getattr(coll, "lexical", True)),
+        }
+
+
+def run_retrieval_eval(
+    rt: Runtime,
+    dispatcher: Dispatcher,
+    searcher: Searcher,
+    dataset: BeirDataset,
+    *,
+    collection: str,
+    mode: str = "dense",
+    k: int = 100,
+    rrf_k: int = 60,
+    embedder: str | None = None,
+    index_spec: str = "Flat",
+    reuse: bool = True,
+    batch_size: int = 1000,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    show_progress: bool = True,
+) -> tuple[EvalResult, Ranking, dict[str, float]]:
+    """Index ``dataset``'s corpus into ``collection``, search every query, evaluate.
+
+    Returns the metrics, the ranking (query id -> document id -> service score, in the
+    service's order) and timings: indexing (``index_s``, counts) and per-query search
+    latency (``latency_median_ms``, ``latency_p95_ms``, ...). Rankings are evaluated in the
+    service's order, so ties in the scores (frequent with RRF) cannot reorder them.
+    """
+    checked = check_mode(mode)
+    if k < 1:
+        raise InvalidRequest("k must be at least 1")
+    t0 = time.perf_counter()
+    index_info = index_corpus(
+        rt,
+        dispatcher,
+        dataset,
+        collection=collection,
+        embedder=embedder,
+        index_spec=index_spec,
+        reuse=reuse,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    t_search = time.perf_counter()
+    run, stats = search_queries(
+        searcher,
+        collection,
+        dataset.queries,
+        mode=checked,
+        k=k,
+        rrf_k=rrf_k,
+        show_progress=show_progress,
+    )
+    search_s = time.perf_counter() - t_search
+    result = evaluate_run(dataset.qrels, run, metrics, preserve_order=True)
+    timings: dict[str, float] = {
+        **index_info,
+        "queries": len(dataset.queries),
+        "search_s": round(search_s, 3),
+        **stats,
+        "total_s": round(time.perf_counter() - t0, 3),
+    }
+    return result, run, timings
