@@ -26,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.errors import IndexError_, InvalidRequest
+from indexer.spec import as_id_set
 
 logger = logging.getLogger(__name__)
 
@@ -276,15 +277,6 @@ def merge_lexical(indexes: Sequence[LexicalIndex], drop_ids: np.ndarray) -> Lexi
     return LexicalIndex(ids=all_ids, tf=tf_all, vocab=vocab, doc_len=doc_len)
 
 
-def _id_set(ids: np.ndarray | None, what: str) -> np.ndarray | None:
-    if ids is None:
-        return None
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
-        raise InvalidRequest(f"{what} must be a 1-D array of integer ids, got shape {arr.shape}")
-    return np.unique(arr.astype(np.int64, copy=False))
-
-
 @dataclass
 class _Hits:
     """One segment's postings for the query terms, with the rows still searchable."""
@@ -326,8 +318,8 @@ def search_lexical(
         raise InvalidRequest(f"k1 must be a non-negative number, got {k1!r}")
     if not (np.isfinite(b) and 0 <= b <= 1):
         raise InvalidRequest(f"b must be between 0 and 1, got {b!r}")
-    exclude = _id_set(exclude_ids, "exclude_ids")
-    allow = _id_set(allow_ids, "allow_ids")
+    exclude = as_id_set(exclude_ids, "exclude_ids")
+    allow = as_id_set(allow_ids, "allow_ids")
     if exclude is not None and exclude.size == 0:
         exclude = None
     empty = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)

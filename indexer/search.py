@@ -11,19 +11,10 @@ import numpy as np
 
 from core.errors import IndexError_, InvalidRequest
 from indexer.segment import LoadedSegment
-from indexer.spec import Metric, as_vectors, check_metric, find_hnsw
+from indexer.spec import Metric, as_id_set, as_vectors, check_metric, find_hnsw
 from indexer.torch_flat import TorchFlatIndex
 
 logger = logging.getLogger(__name__)
-
-
-def _as_id_set(ids: np.ndarray | None, what: str) -> np.ndarray | None:
-    if ids is None:
-        return None
-    arr = np.asarray(ids)
-    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
-        raise InvalidRequest(f"{what} must be a 1-D array of integer ids, got shape {arr.shape}")
-    return np.unique(arr.astype(np.int64, copy=False))
 
 
 def _selector(
@@ -143,8 +134,8 @@ def search_segments(
                 f"Segment {seg.name!r} is {seg.metric} with dim {seg.dim}, but the search is "
                 f"{metric} with dim {q.shape[1]}"
             )
-    exclude = _as_id_set(exclude_ids, "exclude_ids")
-    allow = _as_id_set(allow_ids, "allow_ids")
+    exclude = as_id_set(exclude_ids, "exclude_ids")
+    allow = as_id_set(allow_ids, "allow_ids")
     if exclude is not None and exclude.size == 0:
         exclude = None
     nq = q.shape[0]

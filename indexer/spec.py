@@ -246,3 +246,13 @@ def build_index(
     )
     logger.debug("Built %s index (%s, dim %d) with %d vectors", spec, metric, dim, x.shape[0])
     return wrapped
+
+
+def as_id_set(ids: np.ndarray | None, what: str) -> np.ndarray | None:
+    """Sorted unique int64 ids (tombstones, allow-lists), or ``None``; checks the shape."""
+    if ids is None:
+        return None
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise InvalidRequest(f"{what} must be a 1-D array of integer ids, got shape {arr.shape}")
+    return np.unique(arr.astype(np.int64, copy=False))
