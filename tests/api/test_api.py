@@ -287,3 +287,14 @@ def test_lexical_disabled_collection(client: TestClient) -> None:
     _create(client, "dense-only", lexical=False)
     r = client.post("/v1/search", json={"collection": "dense-only", "query": "x", "mode": "hybrid"})
     assert r.status_code == 422 and "no lexical index" in r.json()["error"]["message"]
+
+
+def test_official_openai_client(client: TestClient, minilm) -> None:
+    """The `openai` package talks to /v1/embeddings (it asks for base64 by default)."""
+    from openai import OpenAI
+
+    oai = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=client)
+    out = oai.embeddings.create(model="all-MiniLM-L6-v2", input=["hello world", "bonjour"])
+    assert [d.index for d in out.data] == [0, 1] and out.model == "all-MiniLM-L6-v2"
+    np.testing.assert_allclose(out.data[0].embedding, minilm.embed(["hello world"])[0], atol=1e-5)
+    assert out.usage.prompt_tokens > 0
