@@ -22,6 +22,7 @@ from embedder.registry import (
 )
 
 if TYPE_CHECKING:
+    from embedder.llm.model import LLMEmbedder
     from embedder.sentence_transformers import SentenceTransformerEmbedder
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "EmbedKind",
     "Embedder",
     "EmbedderPool",
+    "LLMEmbedder",
     "SentenceTransformerEmbedder",
     "available_backends",
     "get_backend",
@@ -48,4 +50,8 @@ def __getattr__(name: str) -> Any:
         from embedder.sentence_transformers import SentenceTransformerEmbedder
 
         return SentenceTransformerEmbedder
+    if name == "LLMEmbedder":
+        from embedder.llm.model import LLMEmbedder
+
+        return LLMEmbedder
     raise AttributeError(f"module 'embedder' has no attribute {name!r}")

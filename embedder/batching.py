@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from typing import Literal
 
 import numpy as np
 
@@ -50,3 +52,46 @@ def plan_batches(
         batches.append(order[start : start + size])
         start += size
     return batches
+
+
+def flatten_ids(
+    rows: Sequence[Sequence[int]], *, append_id: int | None = None, empty_id: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(flat ids, lengths)`` of token id lists.
+
+    ``append_id`` is added after every row (e.g. EOS). Rows that would stay empty get one
+    ``empty_id`` token, so every text has a real token to pool over.
+    """
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    if append_id is not None:
+        flat = np.insert(flat, np.cumsum(lengths), append_id)
+        lengths = lengths + 1
+    empty = lengths == 0
+    if empty.any():
+        starts = np.cumsum(lengths) - lengths
+        flat = np.insert(flat, starts[empty], empty_id)
+        lengths = np.where(empty, 1, lengths)
+    return flat, lengths
+
+
+def pad_rows(
+    flat: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    pad_id: int,
+    side: Literal["left", "right"] = "right",
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)`` of shape ``(len(starts), max(lengths))`` for rows
+    ``flat[starts[i] : starts[i] + lengths[i]]``, padded with ``pad_id`` on ``side``."""
+    width = int(lengths.max())
+    cols = np.arange(width)
+    mask = cols >= (width - lengths)[:, None] if side == "left" else cols < lengths[:, None]
+    # Position in ``flat`` of every real token of the batch, in row-major order (the order in
+    # which boolean-mask assignment fills ``mask``).
+    row_first = np.cumsum(lengths) - lengths
+    src = np.repeat(starts - row_first, lengths) + np.arange(int(lengths.sum()))
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    ids[mask] = flat[src]
+    return ids, mask

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from core.errors import InvalidRequest, ModelNotAvailable
 from embedder.base import Embedder
+from embedder.llm.names import LLM_MODELS, resolve_llm
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = "sentence-transformers"
+#: Backend of LLM embedders; names that designate one (see :mod:`embedder.llm.names`) always use it.
+LLM_BACKEND = "llm"
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,32 @@ def _from_hf_cache(name: str) -> Path | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A resolved name. ``backend`` is the one it needs (``None``: the caller's choice);
+    ``variant`` tells apart models built from the same files (LLM presets)."""
+
+    name: str
+    path: Path
+    backend: str | None = None
+    variant: str = ""
+
+
+def _resolve_target(name: str) -> _Target:
+    if name not in KNOWN_MODELS:
+        llm = resolve_llm(name)
+        if llm is not None:
+            return _Target(llm.name, llm.path, LLM_BACKEND, llm.preset or "")
+    return _Target(*_resolve_default(name))
+
+
 def _resolve(name: str) -> tuple[str, Path]:
-    """``(canonical name, model directory)`` for ``name``."""
+    """``(canonical name, model directory or GGUF file)`` for ``name``."""
+    target = _resolve_target(name)
+    return target.name, target.path
+
+
+def _resolve_default(name: str) -> tuple[str, Path]:
     packaged = KNOWN_MODELS.get(name)
     if packaged is not None:
         try:
@@ -87,14 +114,16 @@ def _resolve(name: str) -> tuple[str, Path]:
         return name, cached
     raise ModelNotAvailable(
         f"Model '{name}' is not installed: it is not a known model, a local directory, or in the "
-        f"local Hugging Face cache. Known models: {', '.join(KNOWN_MODELS)} (install them with "
-        "`pip install 'quarry[models]'`); or pass a local sentence-transformers directory.",
-        details={"model": name, "known_models": list(KNOWN_MODELS)},
+        f"local Hugging Face cache. Known models: {', '.join([*KNOWN_MODELS, *LLM_MODELS])} "
+        "(install them with `pip install 'quarry[models]'`); or pass a local "
+        "sentence-transformers directory.",
+        details={"model": name, "known_models": [*KNOWN_MODELS, *LLM_MODELS]},
     )
 
 
 def resolve_model_path(name: str) -> Path:
-    """The local directory holding model ``name``; raises :class:`ModelNotAvailable` if none."""
+    """The local directory (or GGUF file) holding model ``name``; :class:`ModelNotAvailable`
+    if none."""
     return _resolve(name)[1]
 
 
@@ -117,7 +146,19 @@ def _sentence_transformers(
     )
 
 
-_BACKENDS: dict[str, BackendFactory] = {"sentence-transformers": _sentence_transformers}
+def _llm(path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int) -> Embedder:
+    # Imported here so that importing embedder does not pull in torch and transformers.
+    from embedder.llm.model import LLMEmbedder
+
+    return LLMEmbedder.from_name(
+        path, name=name, device=device, batch_tokens=batch_tokens, max_batch_size=max_batch_size
+    )
+
+
+_BACKENDS: dict[str, BackendFactory] = {
+    "sentence-transformers": _sentence_transformers,
+    LLM_BACKEND: _llm,
+}
 
 
 def register_backend(name: str, factory: BackendFactory) -> None:
@@ -160,12 +201,16 @@ def load_embedder(
     max_batch_size: int = 256,
     backend: str = DEFAULT_BACKEND,
 ) -> Embedder:
-    """Resolve ``name`` to local files and load it. ``device="auto"`` picks CUDA when present."""
-    canonical, path = _resolve(name)
+    """Resolve ``name`` to local files and load it. ``device="auto"`` picks CUDA when present.
+
+    Names of LLM embedders (``smollm2:design5``, a directory with ``quarry_embedder.json``)
+    always load with the ``llm`` backend.
+    """
+    target = _resolve_target(name)
     return _load(
-        canonical,
-        path,
-        backend=backend,
+        target.name,
+        target.path,
+        backend=target.backend or backend,
         device=device,
         batch_tokens=batch_tokens,
         max_batch_size=max_batch_size,
@@ -173,7 +218,7 @@ def load_embedder(
 
 
 class EmbedderPool:
-    """Loaded embedders, one per model directory, shared by every caller in the process.
+    """Loaded embedders, one per model directory (and LLM preset), shared by every caller.
 
     ``get`` is thread-safe: concurrent first calls for one model load it once, and loading one
     model does not block callers of models already loaded.
@@ -193,8 +238,8 @@ class EmbedderPool:
         self.max_batch_size = max_batch_size
         self.backend = backend
         self._lock = threading.Lock()
-        self._load_locks: dict[Path, threading.Lock] = {}
-        self._embedders: dict[Path, Embedder] = {}
+        self._load_locks: dict[tuple[Path, str], threading.Lock] = {}
+        self._embedders: dict[tuple[Path, str], Embedder] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbedderPool:
@@ -204,25 +249,26 @@ class EmbedderPool:
 
     def get(self, name: str) -> Embedder:
         """The embedder for ``name``, loading it on first use."""
-        canonical, path = _resolve(name)
+        target = _resolve_target(name)
+        key = (target.path, target.variant)
         with self._lock:
-            embedder = self._embedders.get(path)
+            embedder = self._embedders.get(key)
             if embedder is not None:
                 return embedder
-            load_lock = self._load_locks.setdefault(path, threading.Lock())
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:
-            embedder = self._embedders.get(path)
+            embedder = self._embedders.get(key)
             if embedder is None:
                 embedder = _load(
-                    canonical,
-                    path,
-                    backend=self.backend,
+                    target.name,
+                    target.path,
+                    backend=target.backend or self.backend,
                     device=self.device,
                     batch_tokens=self.batch_tokens,
                     max_batch_size=self.max_batch_size,
                 )
                 with self._lock:
-                    self._embedders[path] = embedder
+                    self._embedders[key] = embedder
         return embedder
 
     def loaded(self) -> list[str]:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 
 from core.errors import ModelNotAvailable
 from embedder.base import EmbedKind, check_kind, check_texts, resolve_device
-from embedder.batching import plan_batches
+from embedder.batching import pad_rows, plan_batches
 
 logger = logging.getLogger(__name__)
 
@@ -185,17 +185,14 @@ class SentenceTransformerEmbedder:
         self, flat: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray
     ) -> dict[str, torch.Tensor]:
         """Padded model inputs for the rows ``flat[key][starts[i] : starts[i] + lengths[i]]``."""
-        width = int(lengths.max())
-        cols = np.arange(width)
-        mask = cols >= (width - lengths)[:, None] if self._left_pad else cols < lengths[:, None]
-        # Position in ``flat`` of every real token of the batch, in row-major order (the order
-        # in which boolean-mask assignment fills ``mask``).
-        row_first = np.cumsum(lengths) - lengths
-        src = np.repeat(starts - row_first, lengths) + np.arange(int(lengths.sum()))
         features: dict[str, torch.Tensor] = {}
+        side: Literal["left", "right"] = "left" if self._left_pad else "right"
+        mask = None
         for key, values in flat.items():
-            padded = np.full(mask.shape, self._pad_values.get(key, 0), dtype=np.int64)
-            padded[mask] = values[src]
+            padded, mask = pad_rows(
+                values, starts, lengths, pad_id=self._pad_values.get(key, 0), side=side
+            )
             features[key] = torch.from_numpy(padded).to(self.device)
+        assert mask is not None
         features["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
         return features
