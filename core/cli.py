@@ -14,6 +14,7 @@ import typer
 from core.errors import QuarryError
 from core.logging import configure_logging
 from core.settings import Settings, get_settings
+from embedder.train.cli import app as train_app
 from evaluation.cli import app as eval_app
 
 app = typer.Typer(help="Quarry: retrieval, embedding and ranking service.", no_args_is_help=True)
@@ -22,6 +23,7 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
+app.add_typer(train_app, name="train")
 
 logger = logging.getLogger("quarry.cli")
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1,0 +1,65 @@
+"""Contrastive fine-tuning of LLM embedders: data, InfoNCE loss, GradCache trainer, CLI.
+
+``quarry train embedder`` (:mod:`embedder.train.cli`) trains one of the designs of PAPERS.md §1
+on ``{query, positive, negatives}`` examples (a JSON-lines file, or a BEIR split with BM25 hard
+negatives) and writes a model directory that :func:`embedder.load_embedder` loads by path.
+
+Importing this package imports neither torch nor the BM25 index: the names below load on first
+access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embedder.train.data import (
+        TrainExample,
+        examples_from_beir,
+        read_examples,
+        write_examples,
+    )
+    from embedder.train.loss import info_nce_loss
+    from embedder.train.trainer import (
+        EmbedderTrainer,
+        TrainConfig,
+        TrainResult,
+        latest_checkpoint,
+        train_embedder,
+    )
+
+__all__ = [
+    "EmbedderTrainer",
+    "TrainConfig",
+    "TrainExample",
+    "TrainResult",
+    "examples_from_beir",
+    "info_nce_loss",
+    "latest_checkpoint",
+    "read_examples",
+    "train_embedder",
+    "write_examples",
+]
+
+_LAZY: dict[str, str] = {
+    "TrainExample": "embedder.train.data",
+    "examples_from_beir": "embedder.train.data",
+    "read_examples": "embedder.train.data",
+    "write_examples": "embedder.train.data",
+    "info_nce_loss": "embedder.train.loss",
+    "EmbedderTrainer": "embedder.train.trainer",
+    "TrainConfig": "embedder.train.trainer",
+    "TrainResult": "embedder.train.trainer",
+    "latest_checkpoint": "embedder.train.trainer",
+    "train_embedder": "embedder.train.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy so that importing embedder.train (and embedder) stays free of torch.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedder.train' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
