@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
+from core.cli_support import friendly
+from core.cli_support import setup_cli as _setup
 from core.errors import QuarryError
-from core.logging import configure_logging
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from embedder.train.cli import app as train_app
 from evaluation.cli import app as eval_app
 
@@ -26,27 +25,6 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 
 logger = logging.getLogger("quarry.cli")
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly(fn: F) -> F:
-    """Turn domain errors into one red line and exit code 1, never a traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except QuarryError as exc:
-            typer.secho(f"error ({exc.code}): {exc.message}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _setup() -> Settings:
-    settings = get_settings()
-    configure_logging(settings.log_level, json_logs=settings.log_json)
-    return settings
 
 
 @app.command()

@@ -11,12 +11,12 @@ import logging
 import re
 import shlex
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from core.cli_support import friendly, setup_cli
 
 if TYPE_CHECKING:
     from evaluation.metrics import EvalResult
@@ -27,31 +27,8 @@ app = typer.Typer(
 )
 
 logger = logging.getLogger("quarry.cli.eval")
-F = TypeVar("F", bound=Callable[..., Any])
 
 RUNS_DIR = Path("evaluation") / "runs"
-
-
-def _friendly(fn: F) -> F:
-    """:func:`core.cli.friendly` (one red line for domain errors), imported at call time.
-
-    ``core.cli`` imports this module to register the sub-app, so importing it back at module
-    level would be circular.
-    """
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from core.cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _setup() -> Any:
-    from core.cli import _setup as setup
-
-    return setup()
 
 
 def _command_line() -> str:
@@ -115,7 +92,7 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show progress bars")]
 
 
 @app.command()
-@_friendly
+@friendly
 def retrieval(
     data: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")],
     split: Annotated[str, typer.Option(help="Qrels split (qrels/<split>.tsv)")] = "test",
@@ -153,7 +130,7 @@ def retrieval(
     run_name = _slug(name or f"{coll_name}-{checked_mode}")
     out_dir = out or RUNS_DIR / _slug(dataset.name)
 
-    settings = _setup()
+    settings = setup_cli()
     from core import migrate as migrations
     from indexer.cache import SegmentCache
     from indexer.searcher import Searcher
@@ -212,7 +189,7 @@ def retrieval(
 
 
 @app.command()
-@_friendly
+@friendly
 def rerank(
     candidates: Annotated[
         Path,
@@ -242,7 +219,7 @@ def rerank(
     metrics = [check_metric(m) for m in (metric or RERANK_METRICS)]
     cands = load_trec_candidates(candidates)
     judgements = load_trec_qrels(qrels)
-    settings = _setup()
+    settings = setup_cli()
     model = make_reranker(reranker, settings)
     result, run, timings = run_rerank_eval(
         cands, judgements, model, depth=depth, metrics=metrics, show_progress=progress
@@ -268,7 +245,7 @@ def rerank(
 
 
 @app.command()
-@_friendly
+@friendly
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Two or more <name>.json result files")],
     baseline: Annotated[
@@ -289,7 +266,7 @@ def compare(
     from evaluation.report import load_run_record, markdown_report, write_comparison_report
     from evaluation.significance import compare as compare_runs
 
-    _setup()
+    setup_cli()
     if len(runs) < 2:
         raise InvalidRequest("Compare needs at least two run files")
     records: dict[str, dict[str, Any]] = {}

@@ -8,12 +8,12 @@ Importing this module is cheap (typer only); torch, the model code and :mod:`cor
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from core.cli_support import friendly, setup_cli
 
 if TYPE_CHECKING:
     from embedder.train.data import TrainExample
@@ -21,29 +21,9 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Train models: LLM embedders (PAPERS.md §1).", no_args_is_help=True)
 
 logger = logging.getLogger("quarry.cli.train")
-F = TypeVar("F", bound=Callable[..., Any])
 
 #: How ``--instruction`` becomes the query prefix (the E5-Mistral / NV-Embed layout).
 INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
-
-
-def _friendly(fn: F) -> F:
-    """:func:`core.cli.friendly` (one red line for domain errors), imported at call time:
-    ``core.cli`` imports this module to register the sub-app."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from core.cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _setup() -> Any:
-    from core.cli import _setup as setup
-
-    return setup()
 
 
 def _parse_options(items: list[str] | None) -> dict[str, Any]:
@@ -121,7 +101,7 @@ SeedOpt = Annotated[int, typer.Option(help="Seed: data order, negatives, head an
 
 
 @app.command()
-@_friendly
+@friendly
 def embedder(
     out: Annotated[Path, typer.Option(help="Output model directory (load it by this path)")],
     data: DataOpt = None,
@@ -187,7 +167,7 @@ def embedder(
     from embedder.train.data import write_examples
     from embedder.train.trainer import TrainConfig, train_embedder
 
-    _setup()
+    setup_cli()
     config = TrainConfig(
         backbone=backbone,
         preset=preset,
@@ -227,7 +207,7 @@ def embedder(
 
 
 @app.command()
-@_friendly
+@friendly
 def data(
     beir: Annotated[Path, typer.Option(help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/")],
     out: Annotated[Path, typer.Option(help="Output JSON-lines file (.gz to compress)")],
@@ -239,7 +219,7 @@ def data(
     """Build {query, positive, negatives} training examples from a BEIR split (BM25 negatives)."""
     from embedder.train.data import write_examples
 
-    _setup()
+    setup_cli()
     examples, _ = _load_examples(
         None, beir, split=split, hard_negatives=hard_negatives, depth=negative_depth, seed=seed
     )

@@ -28,7 +28,7 @@ def _no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep core's stderr log handler off CliRunner's short-lived stream; one torch thread."""
     from core.settings import Settings
 
-    monkeypatch.setattr("embedder.train.cli._setup", lambda: Settings(env="test"))
+    monkeypatch.setattr("embedder.train.cli.setup_cli", lambda: Settings(env="test"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

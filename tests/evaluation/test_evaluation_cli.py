@@ -22,7 +22,7 @@ def _no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs: keep core's stderr log handler off CliRunner's short-lived stream."""
     from core.settings import Settings
 
-    monkeypatch.setattr("evaluation.cli._setup", lambda: Settings(env="test"))
+    monkeypatch.setattr("evaluation.cli.setup_cli", lambda: Settings(env="test"))
 
 
 def _rerank(tiny_trec: Path, out: Path, *extra: str):
