@@ -439,7 +439,8 @@ class LLMEmbedder:
     def __repr__(self) -> str:
         return f"LLMEmbedder(name={self.name!r}, device={self.device!r})"
 
-    def _tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(flat ids, lengths)`` exactly as inference sees them (truncation, EOS appended)."""
         limit = self.max_seq_length - (1 if self._eos_id is not None else 0)
         with self._tokenize_lock:
             rows = self._tokenizer(
@@ -457,7 +458,7 @@ class LLMEmbedder:
         check_texts(texts)
         if len(texts) == 0:
             return []
-        return self._tokenize(texts)[1].tolist()
+        return self.tokenize(texts)[1].tolist()
 
     def embed(
         self,
@@ -474,7 +475,7 @@ class LLMEmbedder:
         if len(texts) == 0:
             return out
         prefix = self._prefixes[kind]
-        flat, lengths = self._tokenize([prefix + t for t in texts] if prefix else texts)
+        flat, lengths = self.tokenize([prefix + t for t in texts] if prefix else texts)
         starts = np.cumsum(lengths) - lengths
         batches = plan_batches(
             lengths,

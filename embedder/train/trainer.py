@@ -373,12 +373,12 @@ class EmbedderTrainer:
             for text in (e.positive, *e.negatives):
                 doc_row.setdefault(text, len(doc_row))
         self._queries = _TokenTable(
-            front._tokenize([config.query_prefix + q for q in query_row]),
+            front.tokenize([config.query_prefix + q for q in query_row]),
             pad_id,
             config.padding_side,
         )
         self._docs = _TokenTable(
-            front._tokenize([config.document_prefix + d for d in doc_row]),
+            front.tokenize([config.document_prefix + d for d in doc_row]),
             pad_id,
             config.padding_side,
         )
