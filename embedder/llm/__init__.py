@@ -10,8 +10,9 @@ the model classes load on first access.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from core.lazy import lazy_exports
 from embedder.llm.config import (
     ATTENTION_MODES,
     CONFIG_NAME,
@@ -71,11 +72,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy so that importing embedder.llm (and embedder) stays free of torch / transformers.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'embedder.llm' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -10,7 +10,9 @@ access.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from core.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from embedder.train.data import (
@@ -55,11 +57,4 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # Lazy so that importing embedder.train (and embedder) stays free of torch.
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'embedder.train' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
