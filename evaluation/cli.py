@@ -1,4 +1,5 @@
-"""``quarry eval``: retrieval and reranking evaluation, and run comparison with significance tests.
+"""``quarry eval``: retrieval and reranking evaluation, scoring of precomputed runs, and run
+comparison with significance tests.
 
 Registered in :mod:`core.cli` as ``app.add_typer(evaluation.cli.app, name="eval")``. Importing
 this module is cheap (typer only); everything heavy is imported inside the commands, and so
@@ -7,7 +8,9 @@ is :mod:`core.cli` itself, which imports this module.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 import shlex
 import sys
@@ -22,7 +25,8 @@ if TYPE_CHECKING:
     from evaluation.metrics import EvalResult
 
 app = typer.Typer(
-    help="Evaluate retrieval and reranking; compare runs with significance tests.",
+    help="Evaluate retrieval, reranking and precomputed runs; compare runs with significance "
+    "tests.",
     no_args_is_help=True,
 )
 
@@ -78,6 +82,76 @@ def _print_result(name: str, result: EvalResult, timings: dict[str, Any], path: 
         }
     typer.echo(metrics_table({name: result.aggregate}, extra=extra))
     typer.echo(f"{len(result.per_query)} queries; results in {path}")
+
+
+_DATA_SUFFIXES = (".gz", ".json", ".run", ".trec", ".txt", ".tsv")
+
+# Keys ``quarry eval run`` writes into a record's config itself; --config/--meta may not.
+_RUN_CONFIG_KEYS = frozenset({"dataset", "run", "metrics"})
+
+
+def _bare_stem(path: Path) -> str:
+    """The file name without its data suffixes: ``a.run.json.gz`` -> ``a``."""
+    name = Path(path).name
+    while True:
+        for suffix in _DATA_SUFFIXES:
+            if name.endswith(suffix) and len(name) > len(suffix):
+                name = name[: -len(suffix)]
+                break
+        else:
+            return name
+
+
+def _config_value(text: str) -> Any:
+    """A JSON number, ``true``/``false`` or ``null`` written exactly as JSON writes it, else text.
+
+    ``steps=1000`` stores 1000 and ``fp16=true`` True, while ``version=4.40`` or ``lr=1e-3``
+    stay text, so nothing is silently rewritten.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
+        return text
+    if (value is None or isinstance(value, bool | int | float)) and json.dumps(value) == text:
+        return value
+    return text
+
+
+def _load_meta(path: Path) -> dict[str, Any]:
+    """The JSON object of a ``--meta`` file."""
+    from core.errors import InvalidRequest
+
+    if not path.is_file():
+        raise InvalidRequest(f"Meta file not found: {path}")
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(loaded, dict):
+        raise InvalidRequest(f"{path}: expected a JSON object, got {type(loaded).__name__}")
+    return loaded
+
+
+def _extra_config(meta: Path | None, pairs: list[str]) -> dict[str, Any]:
+    """The ``--meta`` file's JSON object, then the ``--config KEY=VALUE`` pairs over it."""
+    from core.errors import InvalidRequest
+
+    extra = _load_meta(meta) if meta is not None else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidRequest(f"--config expects KEY=VALUE, got {pair!r}")
+        extra[key] = _config_value(value)
+    clash = sorted(_RUN_CONFIG_KEYS & set(extra))
+    if clash:
+        raise InvalidRequest(
+            f"--config/--meta cannot set {', '.join(map(repr, clash))}: "
+            "quarry eval run records those itself"
+        )
+    return extra
 
 
 MetricOpt = Annotated[
@@ -242,6 +316,122 @@ def rerank(
         timings=timings,
     )
     _print_result(run_name, result, timings, path)
+
+
+@app.command("run")
+@friendly
+def score_run(
+    run: Annotated[
+        Path,
+        typer.Option(
+            help="Run file: Quarry JSON {qid: {docid: score}} (.gz too) or TREC run lines "
+            "'qid Q0 docid rank score tag'; told apart by content"
+        ),
+    ],
+    data: Annotated[
+        Path | None, typer.Option(help="BEIR folder whose qrels/<split>.tsv judges the run")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Qrels split with --data (qrels/<split>.tsv); default test")
+    ] = None,
+    qrels: Annotated[
+        Path | None, typer.Option(help="TREC qrels 'qid Q0 docid rel' (instead of --data)")
+    ] = None,
+    metric: MetricOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output folder; default evaluation/runs/<dataset or qrels name>"),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Run name; default the run file's name without suffixes")
+    ] = None,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            help="KEY=VALUE stored in the record's config, repeatable (model=..., steps=1000); "
+            "overrides --meta",
+        ),
+    ] = None,
+    meta: Annotated[
+        Path | None,
+        typer.Option(help="JSON object merged into the record's config (how the run was made)"),
+    ] = None,
+) -> None:
+    """Score a precomputed run against qrels; its <name>.json feeds `quarry eval compare`.
+
+    Each query's documents are ranked by descending score, ties in the file's order (JSON)
+    or by the rank column (TREC). Queries judged in the qrels but absent from the run (or
+    with an empty ranking) score 0 in every metric and count in the averages; run queries
+    with no judgements are ignored.
+    """
+    from core.errors import InvalidRequest
+    from evaluation.loaders import load_beir, load_run, load_trec_qrels, run_format
+    from evaluation.metrics import DEFAULT_METRICS, check_metric, evaluate_run
+
+    setup_cli()
+    metrics = [check_metric(m) for m in (metric or DEFAULT_METRICS)]
+    extra = _extra_config(meta, config or [])
+    dataset_info: dict[str, Any]
+    if data is not None and qrels is None:
+        dataset = load_beir(data, split or "test")
+        judgements = dataset.qrels
+        dataset_info = {
+            "name": dataset.name,
+            "folder": str(Path(data).resolve()),
+            "split": dataset.split,
+        }
+    elif qrels is not None and data is None:
+        if split is not None:
+            raise InvalidRequest("--split selects the qrels of a BEIR folder; use it with --data")
+        judgements = load_trec_qrels(qrels)
+        dataset_info = {"name": _bare_stem(qrels), "qrels": str(Path(qrels).resolve())}
+    else:
+        raise InvalidRequest(
+            "Pass exactly one of --data (a BEIR folder) and --qrels (a TREC qrels file)"
+        )
+    dataset_info["queries"] = len(judgements)
+    dataset_info["judgements"] = sum(len(v) for v in judgements.values())
+
+    ranking = load_run(run)
+    run_name = _slug(name or _bare_stem(run))
+    out_dir = out or RUNS_DIR / _slug(str(dataset_info["name"]))
+    source = Path(run).resolve()
+    for written in (out_dir / f"{run_name}.run.json", out_dir / f"{run_name}.json"):
+        if written.resolve() == source:
+            raise InvalidRequest(
+                f"Writing {written} would overwrite the run being scored; pass --name or --out"
+            )
+    result = evaluate_run(judgements, ranking, metrics, preserve_order=True)
+    absent = sum(1 for qid in judgements if not ranking.get(qid))
+    unjudged = sum(1 for qid in ranking if qid not in judgements)
+    record_config = {
+        "dataset": dataset_info,
+        "run": {
+            "file": str(source),
+            "format": run_format(run),
+            "queries": len(ranking),
+            "judged_absent": absent,
+            "unjudged": unjudged,
+        },
+        "metrics": metrics,
+        **extra,
+    }
+    path = _save(
+        out_dir,
+        run_name,
+        kind="run",
+        config=record_config,
+        result=result,
+        run=ranking,
+        timings={},
+    )
+    _print_result(run_name, result, {}, path)
+    if absent or unjudged:
+        typer.echo(
+            f"{absent} judged queries have no ranking (scored 0); "
+            f"{unjudged} run queries have no judgements (ignored)"
+        )
 
 
 @app.command()

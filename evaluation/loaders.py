@@ -9,6 +9,10 @@ TREC DL reranking sets come as a candidates JSON (rank_llm / RankGPT layout:
 ``[{"query": str | {"text", "qid"?}, "hits": [{"qid", "docid", "rank", "score",
 "content"}]}]``) plus TREC qrels lines ``qid Q0 docid rel``.
 
+Precomputed runs (rankings) come either as Quarry's JSON ``{qid: {docid: score}}`` (what
+``quarry eval retrieval`` writes as ``<name>.run.json``) or as TREC run lines
+``qid Q0 docid rank score tag``; :func:`load_run` reads both, plain or gzipped.
+
 Every format problem raises :class:`core.errors.InvalidRequest` naming the file and line.
 """
 
@@ -17,10 +21,11 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from core.errors import InvalidRequest
 
@@ -31,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]
 """Relevance judgements: query id -> document id -> graded relevance (0 = judged non-relevant)."""
+
+RunFormat = Literal["json", "trec"]
+"""The two run file layouts :func:`load_run` reads."""
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -272,3 +280,127 @@ def _candidate(hit: Any, qid: str, where: str) -> Candidate:
         raise InvalidRequest(
             f'{where}: expected {{"docid", "rank", "score", "content"}} ({exc!r})'
         ) from exc
+
+
+def _open_run(path: Path) -> IO[str]:
+    """A run file as text; gzip is told by its magic bytes, whatever the file is named."""
+    if not path.is_file():
+        raise InvalidRequest(f"Run file not found: {path}")
+    with path.open("rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open("r", encoding="utf-8")
+
+
+def run_format(path: Path) -> RunFormat:
+    """``"json"`` when the file's first non-blank character opens a JSON object, else ``"trec"``."""
+    path = Path(path)
+    try:
+        with _open_run(path) as fh:
+            for line in fh:
+                if line.strip():
+                    return "json" if line.lstrip().startswith("{") else "trec"
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{path}: not a UTF-8 text or gzip file ({exc})") from exc
+    raise InvalidRequest(f"{path} holds no rankings")
+
+
+def load_run(path: Path) -> dict[str, dict[str, float]]:
+    """Read a run file: Quarry's JSON ``{qid: {docid: score}}`` or TREC run lines.
+
+    The format is told by content (:func:`run_format`), and gzipped files are decompressed.
+    TREC lines are whitespace-separated ``qid Q0 docid rank score tag``. Each query's
+    documents come back best first: by descending score, tied scores in the order the file
+    lists them (JSON) or by their rank column (TREC), so that evaluating in dict order
+    (``evaluate_run(..., preserve_order=True)``) has no arbitrary tie-break. A query with
+    an empty ranking (``{"q1": {}}``) is kept. Format problems raise ``InvalidRequest``
+    naming the file and the line (TREC) or the query (JSON).
+    """
+    path = Path(path)
+    if run_format(path) == "json":
+        return _load_json_run(path)
+    return _load_trec_run(path)
+
+
+def _finite(score: float, raw: Any, where: str) -> float:
+    if not math.isfinite(score):
+        raise InvalidRequest(f"{where}: score must be finite, got {raw!r}")
+    return score
+
+
+def _load_json_run(path: Path) -> dict[str, dict[str, float]]:
+    try:
+        with _open_run(path) as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{path}: not a UTF-8 text or gzip file ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{path}: expected a JSON object {{qid: {{docid: score}}}}")
+    run: dict[str, dict[str, float]] = {}
+    for qid, docs in data.items():
+        if not isinstance(docs, dict):
+            raise InvalidRequest(
+                f"{path}: query {qid!r}: expected an object {{docid: score}}, "
+                f"got {type(docs).__name__}"
+            )
+        scored: list[tuple[float, int, str]] = []
+        for i, (docid, score) in enumerate(docs.items()):
+            where = f"{path}: query {qid!r} document {docid!r}"
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise InvalidRequest(f"{where}: score must be a number, got {score!r}")
+            scored.append((_finite(float(score), score, where), i, docid))
+        scored.sort(key=lambda t: (-t[0], t[1]))
+        run[qid] = {docid: score for score, _, docid in scored}
+    if not run:
+        raise InvalidRequest(f"{path} holds no rankings")
+    return run
+
+
+def _trec_run_line(parts: list[str], where: str) -> tuple[str, str, int, float]:
+    """``(qid, docid, rank, score)`` of one split TREC run line."""
+    if len(parts) != 6:
+        raise InvalidRequest(
+            f"{where}: expected a TREC run line 'qid Q0 docid rank score tag', "
+            f"got {len(parts)} fields"
+        )
+    qid, _, docid, rank, score, _ = parts
+    try:
+        rank_no = int(rank)
+    except ValueError:
+        raise InvalidRequest(f"{where}: rank must be an integer, got {rank!r}") from None
+    try:
+        value = float(score)
+    except ValueError:
+        raise InvalidRequest(f"{where}: score must be a number, got {score!r}") from None
+    return qid, docid, rank_no, _finite(value, score, where)
+
+
+def _load_trec_run(path: Path) -> dict[str, dict[str, float]]:
+    rows: dict[str, dict[str, tuple[float, int]]] = {}
+    try:
+        with _open_run(path) as fh:
+            for lineno, line in enumerate(fh, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                where = f"{path}:{lineno}"
+                qid, docid, rank, score = _trec_run_line(parts, where)
+                docs = rows.setdefault(qid, {})
+                if docid in docs:
+                    raise InvalidRequest(f"{where}: document {docid!r} listed twice for {qid!r}")
+                docs[docid] = (score, rank)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{path}: not a UTF-8 text or gzip file ({exc})") from exc
+    if not rows:
+        raise InvalidRequest(f"{path} holds no rankings")
+    # sorted() is stable: equal (score, rank) pairs keep their line order.
+    return {
+        qid: {
+            docid: score
+            for docid, (score, _) in sorted(docs.items(), key=lambda d: (-d[1][0], d[1][1]))
+        }
+        for qid, docs in rows.items()
+    }

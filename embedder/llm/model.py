@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -243,11 +244,14 @@ class LLMEmbeddingModel(nn.Module):
         attention_mask: torch.Tensor,
         *,
         normalize: bool = True,
+        unpadded: bool = False,
     ) -> torch.Tensor:
         """Embeddings ``(B, dim)`` of a padded batch (either padding side), float32.
 
         Position ids count real tokens only, so a text gets the same positions whatever its
-        padding.
+        padding. ``unpadded=True`` promises that every row is all real tokens: the backbone then
+        gets no mask at all, so SDPA may pick its fastest (flash) kernel, which an explicit mask
+        rules out; the pooling head still reads ``attention_mask``.
         """
         kwargs = dict(self._forward_kwargs)
         if self._position_ids:
@@ -255,7 +259,7 @@ class LLMEmbeddingModel(nn.Module):
         needs_all = self.pooling.needs_all_layers
         out = self.backbone(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=None if unpadded else attention_mask,
             output_hidden_states=needs_all,
             **kwargs,
         )
@@ -318,6 +322,10 @@ class LLMEmbedder:
     ``max_batch_size`` and ``min_fill`` (``None``: 0.75 on CPU, 0 on GPU). Query and document
     prefixes (instructions) come from the model config. The backbone runs in bf16 on CUDA and
     float32 on CPU; the head in float32; embeddings are float32. Thread-safe.
+
+    ``compile=True`` runs the model through ``torch.compile`` (dynamic shapes; the first calls
+    pay the compilation). Calls of more than ``pipeline_texts`` texts tokenise the next chunk
+    while the device works on the current one (see :meth:`embed`).
     """
 
     def __init__(
@@ -329,9 +337,12 @@ class LLMEmbedder:
         batch_tokens: int = 16_384,
         max_batch_size: int = 256,
         min_fill: float | None = None,
+        compile: bool = False,
+        pipeline_texts: int = 4096,
     ) -> None:
-        if batch_tokens < 1 or max_batch_size < 1:
-            raise ValueError("batch_tokens and max_batch_size must be >= 1")
+        if batch_tokens < 1 or max_batch_size < 1 or pipeline_texts < 1:
+            raise ValueError("batch_tokens, max_batch_size and pipeline_texts must be >= 1")
+        self.pipeline_texts = pipeline_texts
         self.device = resolve_device(device)
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
@@ -342,6 +353,13 @@ class LLMEmbedder:
         model.backbone.to(device=self.device, dtype=dtype)
         model.pooling.to(device=self.device, dtype=torch.float32)
         self._model = model.eval()
+        self.compiled = compile
+        # torch.compile fuses the backbone's element-wise work (norms, rotary, SiLU-gating,
+        # residuals) around the matrix products; dynamic shapes, so the ever-changing batch
+        # shapes of token-budget batching share one compiled graph.
+        self._forward: Callable[..., torch.Tensor] = (
+            torch.compile(model, dynamic=True) if compile else model
+        )
         config = model.config
         self.name = name or config.preset or "llm-embedder"
         self.dim = model.dim
@@ -468,14 +486,52 @@ class LLMEmbedder:
         normalize: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` into a float32 ``(len(texts), dim)`` array, rows in input order."""
+        """Embed ``texts`` into a float32 ``(len(texts), dim)`` array, rows in input order.
+
+        Calls of more than ``pipeline_texts`` texts are cut into chunks of that many; each chunk
+        is tokenised on a helper thread while the device runs the previous one (the Rust
+        tokenizer releases the GIL), and length-sorted batches are planned within a chunk.
+        """
         check_texts(texts)
         check_kind(kind)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if len(texts) == 0:
             return out
         prefix = self._prefixes[kind]
-        flat, lengths = self.tokenize([prefix + t for t in texts] if prefix else texts)
+        step = self.pipeline_texts
+        spans = [(i, min(i + step, len(texts))) for i in range(0, len(texts), step)]
+
+        def tokenize(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+            part = texts[span[0] : span[1]]
+            return self.tokenize([prefix + t for t in part] if prefix else part)
+
+        # Results stay on the device for a while: no host sync per batch, so padding the next
+        # batch on the CPU overlaps the current forward pass on a GPU.
+        pending: list[tuple[np.ndarray, torch.Tensor]] = []
+        if len(spans) == 1:
+            self._run_chunk(tokenize(spans[0]), 0, out, pending, normalize, progress)
+        else:
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quarry-tokenize") as pool:
+                upcoming = pool.submit(tokenize, spans[0])
+                for k, span in enumerate(spans):
+                    tokens = upcoming.result()
+                    if k + 1 < len(spans):
+                        upcoming = pool.submit(tokenize, spans[k + 1])
+                    self._run_chunk(tokens, span[0], out, pending, normalize, progress)
+        _scatter(out, pending)
+        return out
+
+    def _run_chunk(
+        self,
+        tokens: tuple[np.ndarray, np.ndarray],
+        offset: int,
+        out: np.ndarray,
+        pending: list[tuple[np.ndarray, torch.Tensor]],
+        normalize: bool,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        """Forward the texts of one tokenised chunk (rows ``offset + i`` of ``out``)."""
+        flat, lengths = tokens
         starts = np.cumsum(lengths) - lengths
         batches = plan_batches(
             lengths,
@@ -483,26 +539,34 @@ class LLMEmbedder:
             max_batch_size=self.max_batch_size,
             min_fill=self.min_fill,
         )
-        # Results stay on the device for a while: no host sync per batch, so padding the next
-        # batch on the CPU overlaps the current forward pass on a GPU.
-        pending: list[tuple[np.ndarray, torch.Tensor]] = []
-        pending_rows = 0
+        pin = self.device.startswith("cuda")
         for idx in batches:
+            rows = lengths[idx]
             ids, mask = pad_rows(
-                flat, starts[idx], lengths[idx], pad_id=self._pad_id, side=self._padding_side
+                flat, starts[idx], rows, pad_id=self._pad_id, side=self._padding_side
             )
-            input_ids = torch.from_numpy(ids).to(self.device)
-            attention_mask = torch.from_numpy(mask).to(self.device).long()
+            input_ids = _to_device(ids, self.device, pin)
+            attention_mask = _to_device(mask.astype(np.int64), self.device, pin)
             with self._forward_lock, torch.inference_mode():
-                pending.append((idx, self._model(input_ids, attention_mask, normalize=normalize)))
-            pending_rows += len(idx)
-            if pending_rows >= _FLUSH_ROWS:
+                emb = self._forward(
+                    input_ids,
+                    attention_mask,
+                    normalize=normalize,
+                    unpadded=bool(rows.min() == rows.max()),
+                )
+            pending.append((idx + offset, emb))
+            if sum(len(i) for i, _ in pending) >= _FLUSH_ROWS:
                 _scatter(out, pending)
-                pending_rows = 0
             if progress is not None:
                 progress(len(idx))
-        _scatter(out, pending)
-        return out
+
+
+def _to_device(array: np.ndarray, device: str, pin: bool) -> torch.Tensor:
+    """Host array → device tensor; through pinned memory (an asynchronous copy) on CUDA."""
+    tensor = torch.from_numpy(array)
+    if not pin:
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _scatter(out: np.ndarray, pending: list[tuple[np.ndarray, torch.Tensor]]) -> None:

@@ -138,3 +138,15 @@ def test_text_alone_equals_text_in_padded_batch(
     batch, alone = _embed_alone_and_padded(model, side)
     assert np.isfinite(batch).all()
     np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "qwen3", "mistral"])
+def test_no_mask_keeps_the_attention_mode(family: str) -> None:
+    """Unpadded batches reach the backbone without a mask (so SDPA may use flash kernels)."""
+    ids = torch.tensor([[2, 5, 6, 7, 10], [2, 5, 6, 7, 11]])
+    for attention in ("causal", "bidirectional"):
+        backbone = tiny_backbone(family, attention=attention)
+        with torch.inference_mode():
+            first = backbone.model(input_ids=ids, use_cache=False).last_hidden_state[:, 0]
+        changed = bool((first[0] - first[1]).abs().max() > 1e-3)
+        assert changed == (attention == "bidirectional"), attention

@@ -282,3 +282,58 @@ def test_importing_embedder_llm_loads_no_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("preset", ["design1", "design4", "design5"])
+def test_unpadded_batches_go_without_a_mask_with_equal_results(
+    preset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emb = _embedder(preset)
+    ids = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 9, 10, 3]])
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        masked = emb.model(ids, mask)
+        bare = emb.model(ids, mask, unpadded=True)
+    torch.testing.assert_close(bare, masked, rtol=0, atol=1e-5)
+
+    flags: list[bool] = []
+    forward = emb._forward
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        flags.append(kwargs["unpadded"])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(emb, "_forward", spy)
+    same_length = ["the cat sat", "a dog ran"]
+    assert len(set(emb.count_tokens(same_length))) == 1
+    together = emb.embed(same_length)
+    assert flags == [True]
+    alone = np.vstack([emb.embed([t]) for t in same_length])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    flags.clear()
+    emb.min_fill = 0.0
+    emb.embed(TEXTS)  # mixed lengths: one padded batch
+    assert flags == [False]
+
+
+def test_pipelined_tokenisation_matches_one_chunk(saved_dir: Path) -> None:
+    emb = LLMEmbedder.load(saved_dir, device="cpu")
+    whole = {kind: emb.embed(TEXTS, kind=kind) for kind in ("query", "document")}
+    emb.pipeline_texts = 2  # four chunks, each tokenised while the previous one runs
+    for kind, expected in whole.items():
+        seen: list[int] = []
+        out = emb.embed(TEXTS, kind=kind, progress=seen.append)
+        assert sum(seen) == len(TEXTS)
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="pipeline_texts"):
+        LLMEmbedder(emb.model, device="cpu", pipeline_texts=0)
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_eager() -> None:
+    eager = _embedder("design5")
+    compiled = LLMEmbedder(eager.model, device="cpu", compile=True)
+    assert compiled.compiled and not eager.compiled
+    expected = eager.embed(TEXTS)
+    np.testing.assert_allclose(compiled.embed(TEXTS), expected, atol=1e-4)
+    np.testing.assert_allclose(compiled.embed(TEXTS[:3]), expected[:3], atol=1e-4)

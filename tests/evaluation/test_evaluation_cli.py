@@ -1,8 +1,9 @@
-"""``quarry eval``: rerank and compare in-process, retrieval end to end in a subprocess."""
+"""``quarry eval``: rerank, run and compare in-process, retrieval end to end in a subprocess."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -103,6 +104,216 @@ def test_compare_errors(tiny_trec: Path, tmp_path: Path) -> None:
     assert res.exit_code == 1 and "Run file not found" in res.output
 
 
+# A hand-made run on tiny_beir's test split (q1: d1=2 d2=1 d5=0; q2: d3=1; q3: d6=2 d7=2
+# d8=1). Ranked by score, q1 is d1 d5 d2 and q3 is d7 d4 d6 (d4/d6 tie: file order); q2 is
+# absent (scores 0) and q9 is unjudged (ignored). Linear-gain nDCG, log2(rank + 1) discount:
+# q1 DCG 2 + 1/2 over IDCG 2 + 1/log2(3); q3 DCG 2 + 2/2 over IDCG 2 + 2/log2(3) + 1/2.
+HAND_RUN = {
+    "q1": {"d2": 1.0, "d1": 3.0, "d5": 2.0},
+    "q3": {"d7": 0.9, "d4": 0.5, "d6": 0.5},
+    "q9": {"d1": 1.0},
+}
+HAND_NDCG = (2.5 / (2 + 1 / math.log2(3)) + 3 / (2.5 + 2 / math.log2(3))) / 3
+HAND_RECALL = (1 + 0 + 2 / 3) / 3
+HAND_MAP = ((1 + 2 / 3) / 2 + 0 + (1 + 2 / 3) / 3) / 3
+PERFECT_TREC = (
+    "q1 Q0 d1 1 3 t\nq1 Q0 d2 2 2 t\nq2 Q0 d3 1 1 t\n"
+    "q3 Q0 d7 2 3 t\nq3 Q0 d6 1 3 t\nq3 Q0 d8 3 1 t\n"
+)
+
+
+def _hand_run(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "hand.run.json"
+    path.write_text(json.dumps(HAND_RUN))
+    return path
+
+
+def _score(*args: str):
+    return runner.invoke(app, ["run", *args])
+
+
+def test_run_scores_a_json_run(
+    tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = _hand_run(tmp_path / "in")
+    res = _score("--run", str(run), "--data", str(tiny_beir), "--config", "model=hand")
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "evaluation/runs/tiny_beir"  # the default folder and name
+    record = json.loads((out / "hand.json").read_text())
+    assert record["kind"] == "run" and record["name"] == "hand"
+    agg = record["aggregate"]
+    assert list(agg) == ["ndcg@10", "recall@100", "mrr@10", "map"]
+    assert agg["ndcg@10"] == pytest.approx(HAND_NDCG, abs=1e-9)
+    assert agg["recall@100"] == pytest.approx(HAND_RECALL, abs=1e-9)
+    assert agg["mrr@10"] == pytest.approx(2 / 3, abs=1e-9)
+    assert agg["map"] == pytest.approx(HAND_MAP, abs=1e-9)
+    assert set(record["per_query"]) == {"q1", "q2", "q3"}
+    assert record["per_query"]["q2"] == dict.fromkeys(agg, 0.0)
+    assert record["per_query"]["q1"]["recall@100"] == 1.0
+    assert record["config"]["dataset"] == {
+        "name": "tiny_beir",
+        "folder": str(tiny_beir.resolve()),
+        "split": "test",
+        "queries": 3,
+        "judgements": 7,
+    }
+    assert record["config"]["run"] == {
+        "file": str(run.resolve()),
+        "format": "json",
+        "queries": 3,
+        "judged_absent": 1,
+        "unjudged": 1,
+    }
+    assert record["config"]["model"] == "hand"
+    assert record["timings"] == {} and record["command"].startswith("quarry")
+    assert record["run_file"] == "hand.run.json"
+    assert list(json.loads((out / "hand.run.json").read_text())["q1"]) == ["d1", "d5", "d2"]
+    assert f"| hand | {HAND_NDCG:.4f} | {HAND_RECALL:.4f} | 0.6667 |" in res.output
+    assert "1 judged queries have no ranking (scored 0); 1 run queries" in res.output
+
+
+def test_run_trec_runs_feed_compare(tiny_beir: Path, tmp_path: Path) -> None:
+    trec = tmp_path / "in" / "perfect.trec"
+    trec.parent.mkdir()
+    trec.write_text(PERFECT_TREC)
+    out = tmp_path / "out"
+    for path in (_hand_run(tmp_path / "in"), trec):
+        res = _score("--run", str(path), "--data", str(tiny_beir), "--out", str(out))
+        assert res.exit_code == 0, res.output
+    perfect = json.loads((out / "perfect.json").read_text())
+    assert perfect["config"]["run"]["format"] == "trec"
+    assert perfect["aggregate"] == pytest.approx(
+        {"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0}
+    )
+    assert "judged queries have no ranking" not in res.output
+    cmp = tmp_path / "cmp"
+    res = runner.invoke(
+        app,
+        [
+            "compare",
+            str(out / "hand.json"),
+            str(out / "perfect.json"),
+            "--baseline",
+            "hand",
+            "--metric",
+            "ndcg@10",
+            "--metric",
+            "recall@100",
+            "--out",
+            str(cmp),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads((cmp / "compare.json").read_text())
+    ndcg, recall = data["comparisons"]
+    assert ndcg["metric"] == "ndcg@10" and recall["metric"] == "recall@100"
+    pair = ndcg["pairs"][0]
+    assert (pair["baseline"], pair["run"]) == ("hand", "perfect")
+    assert pair["n_queries"] == 3  # q2, absent from the hand run, is compared as 0
+    assert pair["mean_baseline"] == pytest.approx(HAND_NDCG, abs=1e-9)
+    assert pair["delta"] == pytest.approx(1 - HAND_NDCG, abs=1e-9)
+    assert recall["pairs"][0]["delta"] == pytest.approx(1 - HAND_RECALL, abs=1e-9)
+    assert (cmp / "compare.png").stat().st_size > 0
+
+
+def test_run_with_trec_qrels_and_meta(
+    tiny_trec: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "dl.txt"
+    run.write_text("101 Q0 p1 1 2.0 x\n102 Q0 p3 1 1.0 x\n")
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"model": "from-meta", "training": {"steps": 50, "lr": 1e-4}}))
+    res = _score(
+        "--run",
+        str(run),
+        "--qrels",
+        str(tiny_trec / "qrels.txt"),
+        "--metric",
+        "recall@100",
+        "--metric",
+        "ndcg@10",
+        "--meta",
+        str(meta),
+        "--config",
+        "model=cli",
+        "--config",
+        "steps=1000",
+        "--config",
+        "fp16=true",
+        "--config",
+        "version=4.40",
+        "--config",
+        "note=a=b",
+    )
+    assert res.exit_code == 0, res.output
+    record = json.loads((tmp_path / "evaluation/runs/qrels/dl.json").read_text())
+    # 101 finds p1 (3) of p1, p2; 102 finds p3; 104 (p9) is absent.
+    assert record["aggregate"] == pytest.approx(
+        {"recall@100": (0.5 + 1 + 0) / 3, "ndcg@10": (3 / (3 + 1 / math.log2(3)) + 1) / 3},
+        abs=1e-9,
+    )
+    assert list(record["aggregate"]) == ["recall@100", "ndcg@10"]
+    cfg = record["config"]
+    assert cfg["dataset"] == {
+        "name": "qrels",
+        "qrels": str((tiny_trec / "qrels.txt").resolve()),
+        "queries": 3,
+        "judgements": 5,
+    }
+    assert cfg["run"]["format"] == "trec" and cfg["run"]["judged_absent"] == 1
+    assert cfg["metrics"] == ["recall@100", "ndcg@10"]
+    assert cfg["model"] == "cli"  # --config wins over --meta
+    assert cfg["training"] == {"steps": 50, "lr": 1e-4}
+    assert cfg["steps"] == 1000 and cfg["fp16"] is True
+    assert cfg["version"] == "4.40" and cfg["note"] == "a=b"  # kept as written
+
+
+def test_run_errors_are_one_line(tiny_beir: Path, tiny_trec: Path, tmp_path: Path) -> None:
+    run = _hand_run(tmp_path)
+    data = ["--data", str(tiny_beir)]
+    qrels = ["--qrels", str(tiny_trec / "qrels.txt")]
+    cases = [
+        ([], "Pass exactly one of --data (a BEIR folder) and --qrels"),
+        ([*data, *qrels], "Pass exactly one of --data"),
+        ([*qrels, "--split", "test"], "--split selects the qrels of a BEIR folder"),
+        ([*data, "--split", "dev"], "No qrels for split 'dev'"),
+        ([*data, "--metric", "ndcg@ten"], "Invalid metric 'ndcg@ten'"),
+        ([*data, "--config", "steps"], "--config expects KEY=VALUE, got 'steps'"),
+        ([*data, "--config", "metrics=all"], "--config/--meta cannot set 'metrics'"),
+        ([*data, "--meta", str(tmp_path / "none.json")], "Meta file not found"),
+    ]
+    for extra, message in cases:
+        res = _score("--run", str(run), "--out", str(tmp_path / "out"), *extra)
+        assert res.exit_code == 1, (extra, res.output)
+        assert "error (invalid_request): " + message in res.output, (extra, res.output)
+        assert "Traceback" not in res.output
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    res = _score("--run", str(run), *data, "--meta", str(listed))
+    assert res.exit_code == 1 and "list.json: expected a JSON object, got list" in res.output
+    bad = tmp_path / "bad.trec"
+    bad.write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2\n")
+    res = _score("--run", str(bad), *data, "--out", str(tmp_path / "out"))
+    assert res.exit_code == 1 and "bad.trec:2: expected a TREC run line" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_refuses_to_overwrite_its_input(tiny_beir: Path, tmp_path: Path) -> None:
+    run = _hand_run(tmp_path)
+    before = run.read_text()
+    res = _score("--run", str(run), "--data", str(tiny_beir), "--out", str(tmp_path))
+    assert res.exit_code == 1 and "would overwrite the run being scored" in res.output
+    assert run.read_text() == before and not (tmp_path / "hand.json").exists()
+    res = _score(
+        "--run", str(run), "--data", str(tiny_beir), "--out", str(tmp_path), "--name", "again"
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "again.json").read_text())["name"] == "again"
+
+
 def _quarry(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "QUARRY_DATA_DIR": str(tmp_path / "data")}
     env.pop("QUARRY_BROKER_URL", None)
@@ -154,3 +365,4 @@ def test_eval_is_registered_in_quarry() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "retrieval" in out.stdout and "rerank" in out.stdout and "compare" in out.stdout
+    assert "Score a precomputed run" in out.stdout

@@ -1,14 +1,23 @@
-"""BEIR and TREC loaders, and their errors."""
+"""BEIR and TREC loaders, run files, and their errors."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import pytest
 
 from core.errors import InvalidRequest
-from evaluation.loaders import load_beir, load_trec_candidates, load_trec_qrels
+from evaluation.loaders import (
+    load_beir,
+    load_run,
+    load_trec_candidates,
+    load_trec_qrels,
+    run_format,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_beir_test_split(tiny_beir: Path) -> None:
@@ -115,3 +124,93 @@ def test_trec_qrels(tiny_trec: Path, tmp_path: Path) -> None:
         load_trec_qrels(bad)
     with pytest.raises(InvalidRequest, match="Qrels file not found"):
         load_trec_qrels(tmp_path / "none.txt")
+
+
+JSON_RUN = json.dumps(
+    {"q1": {"d2": 1.0, "d1": 3, "d5": 2.0}, "q3": {"d7": 0.9, "d4": 0.5, "d6": 0.5}, "q9": {}}
+)
+
+
+def test_run_json_sorted_by_score_ties_in_file_order(tmp_path: Path) -> None:
+    path = tmp_path / "hand.run.json"
+    path.write_text(JSON_RUN)
+    run = load_run(path)
+    assert run_format(path) == "json"
+    assert list(run) == ["q1", "q3", "q9"]
+    assert list(run["q1"].items()) == [("d1", 3.0), ("d5", 2.0), ("d2", 1.0)]
+    assert list(run["q3"]) == ["d7", "d4", "d6"]  # d4 and d6 tie: file order
+    assert run["q9"] == {}
+    assert isinstance(run["q1"]["d1"], float)
+
+
+def test_run_gzipped_json(tmp_path: Path) -> None:
+    path = tmp_path / "hand.run.json.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        fh.write("\n  " + JSON_RUN)
+    run = load_run(path)
+    assert run_format(path) == "json" and list(run["q3"]) == ["d7", "d4", "d6"]
+    renamed = tmp_path / "no-suffix"  # gzip is told by content, not by name
+    renamed.write_bytes(path.read_bytes())
+    assert load_run(renamed) == run
+
+
+def test_run_committed_reference_keeps_quarry_order() -> None:
+    """The SciFact hybrid run (RRF, many tied scores) reads back in the order it was written."""
+    path = ROOT / "evaluation/results/scifact/scifact-hybrid.run.json.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        written = json.load(fh)
+    run = load_run(path)
+    assert len(run) == 300
+    assert all(list(run[qid]) == list(docs) for qid, docs in written.items())
+
+
+def test_run_trec(tmp_path: Path) -> None:
+    path = tmp_path / "bm25.trec"
+    path.write_text(
+        "q1 Q0 d2 3 1.5 bm25\n"
+        "q1 Q0 d1 1 4.25 bm25\n"
+        "\n"
+        "q3\tQ0\td8\t2\t2\tbm25\n"  # any whitespace separates fields
+        "q3 Q0 d6 1 2 bm25\n"
+        "q1 Q0 d5 2 1.5 bm25\n"
+    )
+    run = load_run(path)
+    assert run_format(path) == "trec"
+    assert list(run["q1"].items()) == [("d1", 4.25), ("d5", 1.5), ("d2", 1.5)]  # tie: rank
+    assert list(run["q3"]) == ["d6", "d8"]
+    gz = tmp_path / "bm25.trec.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert load_run(gz) == run
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("q1 Q0 d1 1 2.0 tag\nq1 Q0 d2 2 1.0\n", r"r\.txt:2: expected a TREC run line"),
+        ("q1 Q0 d1 1 2.0 tag\n\nq1 Q0 d2 2 high tag\n", r"r\.txt:3: score must be a number"),
+        ("q1 Q0 d1 first 2.0 tag\n", r"r\.txt:1: rank must be an integer"),
+        ("q1 Q0 d1 1 nan tag\n", r"r\.txt:1: score must be finite"),
+        ("q1 Q0 d1 1 2 tag\nq1 Q0 d1 2 1 tag\n", r"r\.txt:2: document 'd1' listed twice"),
+        ('{"q1": {"d1": 1.0}', "not valid JSON"),
+        ('{"q1": ["d1", "d2"]}', "query 'q1': expected an object"),
+        ('{"q1": {"d1": "high"}}', "query 'q1' document 'd1': score must be a number"),
+        ('{"q1": {"d1": true}}', "score must be a number"),
+        ('{"q1": {"d1": NaN}}', "score must be finite"),
+        ("{}", "holds no rankings"),
+        ("\n\n", "holds no rankings"),
+    ],
+)
+def test_run_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "r.txt"
+    path.write_text(content)
+    with pytest.raises(InvalidRequest, match=message):
+        load_run(path)
+
+
+def test_run_missing_or_binary(tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="Run file not found"):
+        load_run(tmp_path / "none.trec")
+    bad = tmp_path / "r.bin"
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(InvalidRequest, match="not a UTF-8 text or gzip file"):
+        load_run(bad)
