@@ -91,6 +91,22 @@ def test_probe_catches_a_mode_that_did_not_take_effect() -> None:
         check_attention_mode(backbone.model, "bidirectional")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_probe_is_not_fooled_by_massive_activations(attention: str, dtype: torch.dtype) -> None:
+    # Two near-constant hidden dimensions far larger than the rest, as in real LLMs: the probe
+    # must still see (or not see) the bidirectional change in the others, also in bf16.
+    backbone = tiny_backbone("llama", attention=attention)  # type: ignore[arg-type]
+    model = backbone.model.to(dtype)
+    offset = torch.zeros(model.config.hidden_size, dtype=dtype)
+    offset[:2] = 1e3
+    model.norm.register_forward_hook(lambda _m, _i, out: out + offset)
+    check_attention_mode(model, attention)  # type: ignore[arg-type]
+    other = "causal" if attention == "bidirectional" else "bidirectional"
+    with pytest.raises(ModelNotAvailable, match="did not take effect"):
+        check_attention_mode(model, other)  # type: ignore[arg-type]
+
+
 def test_invalid_attention_mode_lists_valid_ones() -> None:
     with pytest.raises(InvalidRequest, match=r"Valid modes: causal, bidirectional"):
         tiny_backbone("llama", attention="sideways")  # type: ignore[arg-type]
