@@ -40,6 +40,9 @@ class EmbedderSettings(BaseModel):
     batch_tokens: int = Field(16_384, ge=64)
     max_batch_size: int = Field(256, ge=1)
     preload: bool = True
+    # torch.compile LLM embedders at load (sentence-transformers models are unaffected):
+    # 1.5-1.7x the eager engine for SmolLM2 on an H200, after ~2 minutes of compilation.
+    compile: bool = False
 
 
 class IndexSettings(BaseModel):

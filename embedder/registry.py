@@ -128,17 +128,35 @@ def resolve_model_path(name: str) -> Path:
 
 
 class BackendFactory(Protocol):
-    """Builds an :class:`Embedder` from a local model directory."""
+    """Builds an :class:`Embedder` from a local model directory.
+
+    ``compile`` asks for ``torch.compile`` where the backend supports it (the LLM backend);
+    others ignore it.
+    """
 
     def __call__(
-        self, path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int
+        self,
+        path: Path,
+        *,
+        name: str,
+        device: str,
+        batch_tokens: int,
+        max_batch_size: int,
+        compile: bool = False,
     ) -> Embedder: ...
 
 
 def _sentence_transformers(
-    path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int
+    path: Path,
+    *,
+    name: str,
+    device: str,
+    batch_tokens: int,
+    max_batch_size: int,
+    compile: bool = False,
 ) -> Embedder:
     # Imported here so that importing embedder does not pull in torch and transformers.
+    # ``compile`` is ignored: small encoders are bound by the host, not by fusable kernels.
     from embedder.sentence_transformers import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(
@@ -146,12 +164,25 @@ def _sentence_transformers(
     )
 
 
-def _llm(path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int) -> Embedder:
+def _llm(
+    path: Path,
+    *,
+    name: str,
+    device: str,
+    batch_tokens: int,
+    max_batch_size: int,
+    compile: bool = False,
+) -> Embedder:
     # Imported here so that importing embedder does not pull in torch and transformers.
     from embedder.llm.model import LLMEmbedder
 
     return LLMEmbedder.from_name(
-        path, name=name, device=device, batch_tokens=batch_tokens, max_batch_size=max_batch_size
+        path,
+        name=name,
+        device=device,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+        compile=compile,
     )
 
 
@@ -184,12 +215,24 @@ def get_backend(name: str) -> BackendFactory:
 
 
 def _load(
-    name: str, path: Path, *, backend: str, device: str, batch_tokens: int, max_batch_size: int
+    name: str,
+    path: Path,
+    *,
+    backend: str,
+    device: str,
+    batch_tokens: int,
+    max_batch_size: int,
+    compile: bool = False,
 ) -> Embedder:
     factory = get_backend(backend)
     logger.info("loading embedder %s (backend %s, device %s)", name, backend, device)
     return factory(
-        path, name=name, device=device, batch_tokens=batch_tokens, max_batch_size=max_batch_size
+        path,
+        name=name,
+        device=device,
+        batch_tokens=batch_tokens,
+        max_batch_size=max_batch_size,
+        compile=compile,
     )
 
 
@@ -200,11 +243,12 @@ def load_embedder(
     batch_tokens: int = 16_384,
     max_batch_size: int = 256,
     backend: str = DEFAULT_BACKEND,
+    compile: bool = False,
 ) -> Embedder:
     """Resolve ``name`` to local files and load it. ``device="auto"`` picks CUDA when present.
 
     Names of LLM embedders (``smollm2:design5``, a directory with ``quarry_embedder.json``)
-    always load with the ``llm`` backend.
+    always load with the ``llm`` backend; ``compile`` runs those through ``torch.compile``.
     """
     target = _resolve_target(name)
     return _load(
@@ -214,6 +258,7 @@ def load_embedder(
         device=device,
         batch_tokens=batch_tokens,
         max_batch_size=max_batch_size,
+        compile=compile,
     )
 
 
@@ -231,8 +276,10 @@ class EmbedderPool:
         max_batch_size: int = 256,
         *,
         backend: str = DEFAULT_BACKEND,
+        compile: bool = False,
     ) -> None:
         get_backend(backend)  # fail fast on a bad name
+        self.compile = compile
         self.device = device
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
@@ -245,7 +292,7 @@ class EmbedderPool:
     def from_settings(cls, settings: Settings) -> EmbedderPool:
         """A pool configured by ``settings.embedder``."""
         conf = settings.embedder
-        return cls(conf.device, conf.batch_tokens, conf.max_batch_size)
+        return cls(conf.device, conf.batch_tokens, conf.max_batch_size, compile=conf.compile)
 
     def get(self, name: str) -> Embedder:
         """The embedder for ``name``, loading it on first use."""
@@ -266,6 +313,7 @@ class EmbedderPool:
                     device=self.device,
                     batch_tokens=self.batch_tokens,
                     max_batch_size=self.max_batch_size,
+                    compile=self.compile,
                 )
                 with self._lock:
                     self._embedders[key] = embedder

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -383,6 +384,8 @@ class LLMEmbedder:
         # Rust tokenizers raise "Already borrowed" when used from two threads at once.
         self._tokenize_lock = threading.Lock()
         self._forward_lock = threading.Lock()
+        if compile:
+            self._warm_up()
         logger.info(
             "LLM embedder %s: dim %d, max_seq_length %d, %s attention, pooling %s, device %s, %s",
             self.name,
@@ -393,6 +396,13 @@ class LLMEmbedder:
             self.device,
             dtype,
         )
+
+    def _warm_up(self) -> None:
+        """Compile now, not in the first request: a padded and an unpadded batch."""
+        start = time.perf_counter()
+        self.embed(["warm up", "warm up the compiled graph"])
+        self.embed(["warm up", "warm up"])
+        logger.info("compiled %s in %.1f s", self.name, time.perf_counter() - start)
 
     # --- construction -------------------------------------------------------------------------
 
@@ -415,6 +425,7 @@ class LLMEmbedder:
         batch_tokens: int = 16_384,
         max_batch_size: int = 256,
         min_fill: float | None = None,
+        compile: bool = False,
         **config: Any,
     ) -> LLMEmbedder:
         """Serve design ``preset`` over ``source`` (untrained head, see the module docstring).
@@ -431,6 +442,7 @@ class LLMEmbedder:
             batch_tokens=batch_tokens,
             max_batch_size=max_batch_size,
             min_fill=min_fill,
+            compile=compile,
         )
 
     @classmethod

@@ -45,7 +45,13 @@ def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     loads: list[str] = []
 
     def factory(
-        path: Path, *, name: str, device: str, batch_tokens: int, max_batch_size: int
+        path: Path,
+        *,
+        name: str,
+        device: str,
+        batch_tokens: int,
+        max_batch_size: int,
+        compile: bool = False,
     ) -> FakeEmbedder:
         loads.append(name)
         time.sleep(0.05)  # widen the window in which a racing thread could load twice
@@ -117,6 +123,38 @@ def test_pool_from_settings() -> None:
     pool = EmbedderPool.from_settings(settings)
     assert (pool.device, pool.batch_tokens, pool.max_batch_size) == ("cpu", 512, 8)
     assert pool.loaded() == []
+    assert not pool.compile
+    compiled = EmbedderPool.from_settings(Settings(embedder={"device": "cpu", "compile": True}))
+    assert compiled.compile
+
+
+def test_pool_compiles_llm_embedders_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from embedder.llm import LLMEmbeddingModel, tiny_backbone
+
+    path = LLMEmbeddingModel.from_preset(tiny_backbone("llama"), "design5").save(tmp_path / "m")
+    compiled: list[dict[str, object]] = []
+    calls: list[int] = []
+
+    def fake_compile(module: torch.nn.Module, **kwargs: object) -> object:
+        compiled.append(kwargs)
+
+        def forward(*args: object, **kw: object) -> torch.Tensor:
+            calls.append(1)
+            return module(*args, **kw)
+
+        return forward
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    embedder = EmbedderPool("cpu", compile=True).get(str(path))
+    assert compiled == [{"dynamic": True}]
+    assert len(calls) == 2  # warmed up at load (a padded and an unpadded batch)
+    assert embedder.embed(["a dog ran in the park"]).shape == (1, 32)
+    assert len(calls) == 3
+    assert EmbedderPool("cpu").get(str(path)).compiled is False  # type: ignore[attr-defined]
 
 
 def test_import_loads_no_heavy_modules() -> None:
