@@ -127,62 +127,48 @@ def resolve_model_path(name: str) -> Path:
     return _resolve(name)[1]
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a backend loads a model: device, batching, and ``torch.compile`` where supported
+    (the LLM backend; others ignore ``compile``)."""
+
+    device: str = "auto"
+    batch_tokens: int = 16_384
+    max_batch_size: int = 256
+    compile: bool = False
+
+
 class BackendFactory(Protocol):
-    """Builds an :class:`Embedder` from a local model directory.
+    """Builds an :class:`Embedder` from a local model directory."""
 
-    ``compile`` asks for ``torch.compile`` where the backend supports it (the LLM backend);
-    others ignore it.
-    """
-
-    def __call__(
-        self,
-        path: Path,
-        *,
-        name: str,
-        device: str,
-        batch_tokens: int,
-        max_batch_size: int,
-        compile: bool = False,
-    ) -> Embedder: ...
+    def __call__(self, path: Path, *, name: str, options: LoadOptions) -> Embedder: ...
 
 
-def _sentence_transformers(
-    path: Path,
-    *,
-    name: str,
-    device: str,
-    batch_tokens: int,
-    max_batch_size: int,
-    compile: bool = False,
-) -> Embedder:
+def _sentence_transformers(path: Path, *, name: str, options: LoadOptions) -> Embedder:
     # Imported here so that importing embedder does not pull in torch and transformers.
     # ``compile`` is ignored: small encoders are bound by the host, not by fusable kernels.
     from embedder.sentence_transformers import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(
-        path, name=name, device=device, batch_tokens=batch_tokens, max_batch_size=max_batch_size
+        path,
+        name=name,
+        device=options.device,
+        batch_tokens=options.batch_tokens,
+        max_batch_size=options.max_batch_size,
     )
 
 
-def _llm(
-    path: Path,
-    *,
-    name: str,
-    device: str,
-    batch_tokens: int,
-    max_batch_size: int,
-    compile: bool = False,
-) -> Embedder:
+def _llm(path: Path, *, name: str, options: LoadOptions) -> Embedder:
     # Imported here so that importing embedder does not pull in torch and transformers.
     from embedder.llm.model import LLMEmbedder
 
     return LLMEmbedder.from_name(
         path,
         name=name,
-        device=device,
-        batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size,
-        compile=compile,
+        device=options.device,
+        batch_tokens=options.batch_tokens,
+        max_batch_size=options.max_batch_size,
+        compile=options.compile,
     )
 
 
@@ -214,26 +200,10 @@ def get_backend(name: str) -> BackendFactory:
         ) from None
 
 
-def _load(
-    name: str,
-    path: Path,
-    *,
-    backend: str,
-    device: str,
-    batch_tokens: int,
-    max_batch_size: int,
-    compile: bool = False,
-) -> Embedder:
+def _load(name: str, path: Path, *, backend: str, options: LoadOptions) -> Embedder:
     factory = get_backend(backend)
-    logger.info("loading embedder %s (backend %s, device %s)", name, backend, device)
-    return factory(
-        path,
-        name=name,
-        device=device,
-        batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size,
-        compile=compile,
-    )
+    logger.info("loading embedder %s (backend %s, device %s)", name, backend, options.device)
+    return factory(path, name=name, options=options)
 
 
 def load_embedder(
@@ -255,10 +225,7 @@ def load_embedder(
         target.name,
         target.path,
         backend=target.backend or backend,
-        device=device,
-        batch_tokens=batch_tokens,
-        max_batch_size=max_batch_size,
-        compile=compile,
+        options=LoadOptions(device, batch_tokens, max_batch_size, compile),
     )
 
 
@@ -279,14 +246,31 @@ class EmbedderPool:
         compile: bool = False,
     ) -> None:
         get_backend(backend)  # fail fast on a bad name
-        self.compile = compile
-        self.device = device
-        self.batch_tokens = batch_tokens
-        self.max_batch_size = max_batch_size
+        self.options = LoadOptions(device, batch_tokens, max_batch_size, compile)
         self.backend = backend
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[Path, str], threading.Lock] = {}
         self._embedders: dict[tuple[Path, str], Embedder] = {}
+
+    @property
+    def device(self) -> str:
+        """Device every model of the pool loads on."""
+        return self.options.device
+
+    @property
+    def batch_tokens(self) -> int:
+        """Token budget of one forward pass."""
+        return self.options.batch_tokens
+
+    @property
+    def max_batch_size(self) -> int:
+        """Most texts in one forward pass."""
+        return self.options.max_batch_size
+
+    @property
+    def compile(self) -> bool:
+        """Whether LLM embedders are compiled at load."""
+        return self.options.compile
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EmbedderPool:
@@ -310,10 +294,7 @@ class EmbedderPool:
                     target.name,
                     target.path,
                     backend=target.backend or self.backend,
-                    device=self.device,
-                    batch_tokens=self.batch_tokens,
-                    max_batch_size=self.max_batch_size,
-                    compile=self.compile,
+                    options=self.options,
                 )
                 with self._lock:
                     self._embedders[key] = embedder

@@ -12,7 +12,14 @@ import pytest
 
 from core.errors import InvalidRequest, ModelNotAvailable
 from core.settings import Settings
-from embedder import EmbedderPool, EmbedKind, load_embedder, registry, resolve_model_path
+from embedder import (
+    EmbedderPool,
+    EmbedKind,
+    LoadOptions,
+    load_embedder,
+    registry,
+    resolve_model_path,
+)
 
 
 class FakeEmbedder:
@@ -44,18 +51,10 @@ def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Register a slow 'fake' backend; returns the names it was asked to load."""
     loads: list[str] = []
 
-    def factory(
-        path: Path,
-        *,
-        name: str,
-        device: str,
-        batch_tokens: int,
-        max_batch_size: int,
-        compile: bool = False,
-    ) -> FakeEmbedder:
+    def factory(path: Path, *, name: str, options: LoadOptions) -> FakeEmbedder:
         loads.append(name)
         time.sleep(0.05)  # widen the window in which a racing thread could load twice
-        return FakeEmbedder(name, device)
+        return FakeEmbedder(name, options.device)
 
     monkeypatch.setitem(registry._BACKENDS, "fake", factory)
     return loads
