@@ -122,13 +122,9 @@ def _config_value(text: str) -> Any:
 def _load_meta(path: Path) -> dict[str, Any]:
     """The JSON object of a ``--meta`` file."""
     from core.errors import InvalidRequest
+    from evaluation.loaders import read_json
 
-    if not path.is_file():
-        raise InvalidRequest(f"Meta file not found: {path}")
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    loaded = read_json(path, "Meta")
     if not isinstance(loaded, dict):
         raise InvalidRequest(f"{path}: expected a JSON object, got {type(loaded).__name__}")
     return loaded

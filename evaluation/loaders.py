@@ -42,9 +42,26 @@ RunFormat = Literal["json", "trec"]
 
 
 def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
+    """``path`` as UTF-8 text; gzip is told by its magic bytes, whatever the file is named."""
+    with path.open("rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    if gzipped:
         return gzip.open(path, "rt", encoding="utf-8")
     return path.open("r", encoding="utf-8")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON value stored in ``path`` (gzip too); errors name the file as ``what`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidRequest(f"{what} file not found: {path}")
+    try:
+        with _open_text(path) as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{path}: not a UTF-8 text or gzip file ({exc})") from exc
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -221,13 +238,7 @@ class CandidateSet:
 def load_trec_candidates(path: Path) -> CandidateSet:
     """Read a rank_llm / RankGPT candidates JSON; candidates come back sorted by rank."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidRequest(f"Candidates file not found: {path}")
-    try:
-        with _open_text(path) as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = read_json(path, "Candidates")
     if not isinstance(data, list):
         raise InvalidRequest(f'{path}: expected a JSON list of {{"query", "hits"}} entries')
     queries: dict[str, str] = {}
@@ -283,14 +294,9 @@ def _candidate(hit: Any, qid: str, where: str) -> Candidate:
 
 
 def _open_run(path: Path) -> IO[str]:
-    """A run file as text; gzip is told by its magic bytes, whatever the file is named."""
     if not path.is_file():
         raise InvalidRequest(f"Run file not found: {path}")
-    with path.open("rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
+    return _open_text(path)
 
 
 def run_format(path: Path) -> RunFormat:
@@ -330,13 +336,7 @@ def _finite(score: float, raw: Any, where: str) -> float:
 
 
 def _load_json_run(path: Path) -> dict[str, dict[str, float]]:
-    try:
-        with _open_run(path) as fh:
-            data = json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"{path}: not a UTF-8 text or gzip file ({exc})") from exc
+    data = read_json(path, "Run")
     if not isinstance(data, dict):
         raise InvalidRequest(f"{path}: expected a JSON object {{qid: {{docid: score}}}}")
     run: dict[str, dict[str, float]] = {}

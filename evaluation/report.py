@@ -288,14 +288,10 @@ def run_record(
 def load_run_record(path: Path) -> dict[str, Any]:
     """Read a run's ``<name>.json``, checking it has a name, aggregates and per-query values."""
     from core.errors import InvalidRequest
+    from evaluation.loaders import read_json
 
     path = Path(path)
-    if not path.is_file():
-        raise InvalidRequest(f"Run file not found: {path}")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg})") from exc
+    record = read_json(path, "Run")
     if not isinstance(record, dict) or not all(
         isinstance(record.get(key), dict) for key in ("aggregate", "per_query")
     ):
