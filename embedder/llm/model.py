@@ -43,6 +43,7 @@ from embedder.llm.backbone import (
     load_backbone,
     set_attention_mode,
 )
+from embedder.llm.compiling import compile_blocks
 from embedder.llm.config import (
     ADAPTER_DIR,
     BACKBONE_DIR,
@@ -324,8 +325,9 @@ class LLMEmbedder:
     prefixes (instructions) come from the model config. The backbone runs in bf16 on CUDA and
     float32 on CPU; the head in float32; embeddings are float32. Thread-safe.
 
-    ``compile=True`` runs the model through ``torch.compile`` (dynamic shapes; the first calls
-    pay the compilation). Calls of more than ``pipeline_texts`` texts tokenise the next chunk
+    ``compile=True`` compiles the backbone's transformer blocks in place with ``torch.compile``
+    (dynamic shapes, see :mod:`embedder.llm.compiling`; a model that declares no blocks is
+    compiled whole) and warms them up before returning. Long calls tokenise the next chunk
     while the device works on the current one (see :meth:`embed`).
     """
 
@@ -358,9 +360,9 @@ class LLMEmbedder:
         # torch.compile fuses the backbone's element-wise work (norms, rotary, SiLU-gating,
         # residuals) around the matrix products; dynamic shapes, so the ever-changing batch
         # shapes of token-budget batching share one compiled graph.
-        self._forward: Callable[..., torch.Tensor] = (
-            torch.compile(model, dynamic=True) if compile else model
-        )
+        self._forward: Callable[..., torch.Tensor] = model
+        if compile and compile_blocks(model.backbone, dynamic=True) == 0:
+            self._forward = torch.compile(model, dynamic=True)
         config = model.config
         self.name = name or config.preset or "llm-embedder"
         self.dim = model.dim
@@ -398,10 +400,15 @@ class LLMEmbedder:
         )
 
     def _warm_up(self) -> None:
-        """Compile now, not in the first request: a padded and an unpadded batch."""
+        """Compile now, not in the first request: a padded batch, an unpadded one, one text.
+
+        A batch of one is its own graph (compilers specialise sizes 0 and 1), and it is the most
+        common request of all: a search query.
+        """
         start = time.perf_counter()
         self.embed(["warm up", "warm up the compiled graph"])
         self.embed(["warm up", "warm up"])
+        self.embed(["warm up"])
         logger.info("compiled %s in %.1f s", self.name, time.perf_counter() - start)
 
     # --- construction -------------------------------------------------------------------------
@@ -503,6 +510,8 @@ class LLMEmbedder:
         Calls of more than ``pipeline_texts`` texts are cut into chunks of that many; each chunk
         is tokenised on a helper thread while the device runs the previous one (the Rust
         tokenizer releases the GIL), and length-sorted batches are planned within a chunk.
+        Chunks are not smaller: length sorting over fewer texts pads more (at 512 texts of
+        realistic lengths, 57% of the padded tokens are real instead of 79% at 4096).
         """
         check_texts(texts)
         check_kind(kind)
