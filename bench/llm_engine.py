@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=65536)
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke run of the script")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", help="result file name (default llm_engine_<cuda|cpu>)")
     args = ap.parse_args()
 
     import torch
@@ -135,7 +136,7 @@ def main() -> None:
     }
 
     def save() -> None:
-        write_result(f"llm_engine_{'cuda' if cuda else 'cpu'}", record, out=args.out)
+        write_result(args.name or f"llm_engine_{'cuda' if cuda else 'cpu'}", record, out=args.out)
 
     def run(key: str, fn: Callable[[], Any], work: Work) -> None:
         try:

@@ -480,14 +480,7 @@ class LLMEmbedder:
         """``(flat ids, lengths)`` exactly as inference sees them (truncation, EOS appended)."""
         limit = self.max_seq_length - (1 if self._eos_id is not None else 0)
         with self._tokenize_lock:
-            rows = self._tokenizer(
-                list(texts),
-                truncation=True,
-                max_length=limit,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-            )["input_ids"]
+            rows = _encode(self._tokenizer, list(texts), limit)
         return flatten_ids(rows, append_id=self._eos_id, empty_id=self._empty_id)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -580,6 +573,31 @@ class LLMEmbedder:
                 _scatter(out, pending)
             if progress is not None:
                 progress(len(idx))
+
+
+def _encode(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
+    """Token ids of ``texts`` with special tokens, truncated to ``limit``, no padding.
+
+    Fast tokenizers go straight to their Rust backend's ``encode_batch_fast`` (no offsets, no
+    Python-side ``BatchEncoding``): the same ids as calling the tokenizer, in half the time.
+    The truncation is set the way the tokenizer's own call sets it.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        ids: list[list[int]] = tokenizer(
+            texts,
+            truncation=True,
+            max_length=limit,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        return ids
+    backend.enable_truncation(
+        limit, stride=0, strategy="longest_first", direction=tokenizer.truncation_side
+    )
+    backend.no_padding()
+    return [enc.ids for enc in backend.encode_batch_fast(texts, add_special_tokens=True)]
 
 
 def _to_device(array: np.ndarray, device: str, pin: bool) -> torch.Tensor:

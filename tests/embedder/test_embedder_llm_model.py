@@ -128,6 +128,18 @@ def test_count_tokens_includes_eos_and_truncates() -> None:
     assert emb.count_tokens([]) == []
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_fast_encoding_matches_the_tokenizers_own_call(side: str) -> None:
+    tok = tiny_backbone("llama").tokenizer
+    tok.truncation_side = side
+    texts = ["a dog ran", "", "the cat sat on the mat " * 3, "zebra cat"]
+    expected = tok(texts, truncation=True, max_length=7)["input_ids"]
+    assert llm_model._encode(tok, texts, 7) == expected
+    assert max(map(len, expected)) == 7
+    # The tokenizer's own later calls are not left truncating.
+    assert len(tok(texts[2])["input_ids"]) == 19
+
+
 def test_query_instruction_is_prepended(saved_dir: Path) -> None:
     emb = LLMEmbedder.load(saved_dir, device="cpu")
     doc = emb.embed(["a dog ran"], kind="document")

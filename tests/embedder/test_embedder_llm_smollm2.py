@@ -43,3 +43,13 @@ def test_embeds_normalised_576_dim_vectors(smollm2: Embedder) -> None:
     np.testing.assert_allclose(smollm2.embed(TEXTS[::-1])[::-1], out, atol=1e-5)
     np.testing.assert_allclose(smollm2.embed(TEXTS[:1]), out[:1], atol=1e-5)
     assert smollm2.count_tokens(["hello world"]) == [3]  # two tokens + appended <|im_end|>
+
+
+def test_fast_encoding_matches_the_tokenizers_own_call(smollm2: Embedder) -> None:
+    from embedder.llm import model as llm_model
+
+    tok = smollm2.model.tokenizer  # type: ignore[attr-defined]
+    texts = [*TEXTS, "naïve café — 東京 🙂 " * 20]
+    for limit in (4, 512):
+        expected = tok(texts, truncation=True, max_length=limit)["input_ids"]
+        assert llm_model._encode(tok, texts, limit) == expected
