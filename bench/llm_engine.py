@@ -5,6 +5,8 @@ and Qwen2-0.5B. Side by side, same texts, same process:
 
 - ``quarry_<design>``: Quarry's engine (``LLMEmbedder.embed``: tokenise once, length-sorted
   token-budget batches, bf16, SDPA, pipelined tokenisation), eager;
+- ``quarry_compiled_padded_<design>``: the compiled engine with padded batches
+  (``packed=False``) instead of packed ones (on CUDA the engine packs by default);
 - ``quarry_compiled_<design>``: the same engine with ``compile=True`` (``torch.compile`` of
   each transformer block, dynamic shapes), after the warm-up that pays the compilation
   (``compile_s``: construction with its warm-up, plus two calls at the regime's shapes);
@@ -69,7 +71,12 @@ SHAPES: dict[str, dict[str, Any]] = {
         tie_word_embeddings=True,
     ),
 }
-VARIANTS = ("eager", "compiled", "plain", "st")
+VARIANTS = ("eager", "compiled", "compiled_padded", "plain", "st")
+_ENGINE_ROWS = {
+    "eager": "quarry",
+    "compiled": "quarry_compiled",
+    "compiled_padded": "quarry_compiled_padded",
+}
 
 
 def measure_bf16_peak() -> float:
@@ -170,7 +177,7 @@ def main() -> None:
             )
             for preset in args.designs:
                 attention = "causal" if preset == "design1" else "bidirectional"
-                for variant in ("eager", "compiled"):
+                for variant in _ENGINE_ROWS:
                     if variant not in args.variants:
                         continue
                     with torch.device(args.device):
@@ -178,26 +185,30 @@ def main() -> None:
                     model.load_state_dict(state)
                     set_attention_mode(model, attention, is_decoder=True)
                     t0 = time.perf_counter()  # compile=True compiles and warms up here
-                    emb = LLMEmbedder(
-                        LLMEmbeddingModel.from_preset(
-                            Backbone(model, tok, None, True, attention), preset
-                        ),
-                        device=args.device,
-                        batch_tokens=args.batch_tokens,
-                        max_batch_size=512,
-                        compile=variant == "compiled",
-                    )
-                    assert int(sum(emb.count_tokens(texts))) == work.tokens
-                    if variant == "compiled":
-                        try:
+                    try:
+                        emb = LLMEmbedder(
+                            LLMEmbeddingModel.from_preset(
+                                Backbone(model, tok, None, True, attention), preset
+                            ),
+                            device=args.device,
+                            batch_tokens=args.batch_tokens,
+                            max_batch_size=512,
+                            compile=variant.startswith("compiled"),
+                            packed=False if variant == "compiled_padded" else None,
+                        )
+                        assert int(sum(emb.count_tokens(texts))) == work.tokens
+                        if variant.startswith("compiled"):
                             emb.embed(texts[:64])
                             emb.embed(texts[-64:])
-                        except Exception as exc:
-                            errors[f"{shape}/{regime}/compile_{preset}"] = repr(exc)
-                            traceback.print_exc()
-                            continue
-                        compile_s[f"{shape}/{regime}/{preset}"] = time.perf_counter() - t0
-                    name = "quarry" if variant == "eager" else "quarry_compiled"
+                            compile_s[f"{shape}/{regime}/{variant}_{preset}"] = (
+                                time.perf_counter() - t0
+                            )
+                    except Exception as exc:  # one failing variant must not lose the others
+                        errors[f"{shape}/{regime}/{variant}_{preset}"] = repr(exc)
+                        traceback.print_exc()
+                        continue
+                    record.setdefault("packed", {})[f"{variant}_{preset}"] = emb.packed
+                    name = _ENGINE_ROWS[variant]
                     run(
                         f"{shape}/{regime}/{name}_{preset}", lambda e=emb, t=texts: e.embed(t), work
                     )

@@ -15,6 +15,7 @@ def plan_batches(
     batch_tokens: int,
     max_batch_size: int,
     min_fill: float = 0.0,
+    packed: bool = False,
 ) -> list[np.ndarray]:
     """Split item indices into batches, longest items first.
 
@@ -22,7 +23,10 @@ def plan_batches(
     of its forward pass) and ``len(batch) <= max_batch_size``; an item longer than the budget
     still gets a batch of its own. With ``min_fill > 0`` a batch also closes before its real
     tokens would fill less than that fraction of its padded size, so mixed-length inputs do not
-    spend most of a big batch on padding. Every index appears in exactly one batch.
+    spend most of a big batch on padding. ``packed=True`` plans batches whose texts are laid
+    end to end without padding (:mod:`embedder.llm.packing`): the budget then bounds their real
+    tokens, ``sum(lengths[batch]) <= batch_tokens``, and ``min_fill`` does not apply. Every
+    index appears in exactly one batch.
     """
     if batch_tokens < 1 or max_batch_size < 1:
         raise ValueError(
@@ -42,6 +46,13 @@ def plan_batches(
     while start < order.size:
         # Sorted descending, so a batch's first item is its longest.
         longest = max(int(lens[order[start]]), 1)
+        if packed:
+            # Items that fit the budget in real tokens (at least one).
+            head = np.cumsum(lens[order[start : start + max_batch_size]])
+            size = max(1, int(np.searchsorted(head, batch_tokens, side="right")))
+            batches.append(order[start : start + size])
+            start += size
+            continue
         size = min(max_batch_size, batch_tokens // longest, order.size - start)
         if min_fill > 0.0 and size > 1:
             # Fill of the first k items is their mean length / longest: non-increasing in k.

@@ -52,6 +52,9 @@ def compile_blocks(model: nn.Module, *, dynamic: bool = True) -> int:
     if blocks:
         _install_capture_hooks(model)
     for _, block in blocks:
+        if getattr(block, _COMPILED_MARK, False):
+            continue  # compiled for an earlier embedder over the same model
+        setattr(block, _COMPILED_MARK, True)
         dropped = _drop_capture_hooks_inside(block)
         # The block's forward, not its __call__: the block's own hooks stay eager (transformers
         # records hidden states with a forward hook on each block).
@@ -101,3 +104,4 @@ def _is_capture_hook(hook: object) -> bool:
 
 
 _CAPTURE_HOOK_MODULE = "transformers.utils.output_capturing"
+_COMPILED_MARK = "_quarry_compiled"

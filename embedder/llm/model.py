@@ -55,6 +55,7 @@ from embedder.llm.config import (
     get_preset,
 )
 from embedder.llm.names import LLM_MODELS, is_saved_embedder, split_preset
+from embedder.llm.packing import pack_rows, packed_attention, unpack, varlen_available
 from embedder.llm.pooling import PoolingHead, build_pooling
 
 logger = logging.getLogger(__name__)
@@ -269,6 +270,42 @@ class LLMEmbeddingModel(nn.Module):
         emb = self.pooling(hidden, attention_mask).float()
         return F.normalize(emb, p=2.0, dim=-1) if normalize else emb
 
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_length: int,
+        gather: torch.Tensor,
+        mask: torch.Tensor,
+        *,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """Embeddings ``(B, dim)`` of a packed batch (:func:`~embedder.llm.packing.pack_rows`).
+
+        The backbone sees one ``(1, T)`` row of real tokens, attention confined to each text;
+        the head reads the padded ``(B, T_max, d)`` view gathered back with ``gather`` and
+        ``mask``. Decoders only. ``max_length`` bounds the texts' lengths.
+        """
+        if not self.is_decoder:
+            raise ValueError("packed batches need a decoder backbone")
+        needs_all = self.pooling.needs_all_layers
+        with packed_attention(self.backbone):
+            out = self.backbone(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=None,
+                output_hidden_states=needs_all,
+                cu_seq_lens_q=cu_seqlens,
+                cu_seq_lens_k=cu_seqlens,
+                max_length_q=max_length,
+                max_length_k=max_length,
+                **self._forward_kwargs,
+            )
+        hidden = out.hidden_states if needs_all else (out.last_hidden_state,)
+        emb = self.pooling([unpack(h, gather) for h in hidden], mask).float()
+        return F.normalize(emb, p=2.0, dim=-1) if normalize else emb
+
     # --- persistence --------------------------------------------------------------------------
 
     def save(self, directory: str | Path, *, include_backbone: bool | None = None) -> Path:
@@ -342,6 +379,7 @@ class LLMEmbedder:
         min_fill: float | None = None,
         compile: bool = False,
         pipeline_texts: int = 4096,
+        packed: bool | None = None,
     ) -> None:
         if batch_tokens < 1 or max_batch_size < 1 or pipeline_texts < 1:
             raise ValueError("batch_tokens, max_batch_size and pipeline_texts must be >= 1")
@@ -356,6 +394,12 @@ class LLMEmbedder:
         model.backbone.to(device=self.device, dtype=dtype)
         model.pooling.to(device=self.device, dtype=torch.float32)
         self._model = model.eval()
+        if packed and not model.is_decoder:
+            raise ValueError("packed batches need a decoder backbone")
+        # Packed batches (no padding, flash varlen attention) wherever the kernels exist.
+        self.packed = (
+            model.is_decoder and varlen_available(self.device) if packed is None else packed
+        )
         self.compiled = compile
         # torch.compile fuses the backbone's element-wise work (norms, rotary, SiLU-gating,
         # residuals) around the matrix products; dynamic shapes, so the ever-changing batch
@@ -389,7 +433,8 @@ class LLMEmbedder:
         if compile:
             self._warm_up()
         logger.info(
-            "LLM embedder %s: dim %d, max_seq_length %d, %s attention, pooling %s, device %s, %s",
+            "LLM embedder %s: dim %d, max_seq_length %d, %s attention, pooling %s, device %s, "
+            "%s, %s batches",
             self.name,
             self.dim,
             self.max_seq_length,
@@ -397,6 +442,7 @@ class LLMEmbedder:
             config.pooling["mode"],
             self.device,
             dtype,
+            "packed" if self.packed else "padded",
         )
 
     def _warm_up(self) -> None:
@@ -552,27 +598,52 @@ class LLMEmbedder:
             batch_tokens=self.batch_tokens,
             max_batch_size=self.max_batch_size,
             min_fill=self.min_fill,
+            packed=self.packed,
         )
-        pin = self.device.startswith("cuda")
         for idx in batches:
             rows = lengths[idx]
-            ids, mask = pad_rows(
-                flat, starts[idx], rows, pad_id=self._pad_id, side=self._padding_side
-            )
-            input_ids = _to_device(ids, self.device, pin)
-            attention_mask = _to_device(mask.astype(np.int64), self.device, pin)
             with self._forward_lock, torch.inference_mode():
-                emb = self._forward(
-                    input_ids,
-                    attention_mask,
-                    normalize=normalize,
-                    unpadded=bool(rows.min() == rows.max()),
-                )
+                # Equal lengths need no padding: such a batch runs as one dense block, whose
+                # SDPA kernels (cuDNN, flash) outrun the varlen one.
+                if self.packed and rows.min() != rows.max():
+                    emb = self._forward_packed(flat, starts[idx], rows, normalize)
+                else:
+                    emb = self._forward_padded(flat, starts[idx], rows, normalize)
             pending.append((idx + offset, emb))
             if sum(len(i) for i, _ in pending) >= _FLUSH_ROWS:
                 _scatter(out, pending)
             if progress is not None:
                 progress(len(idx))
+
+    def _forward_padded(
+        self, flat: np.ndarray, starts: np.ndarray, rows: np.ndarray, normalize: bool
+    ) -> torch.Tensor:
+        ids, mask = pad_rows(flat, starts, rows, pad_id=self._pad_id, side=self._padding_side)
+        pin = self.device.startswith("cuda")
+        return self._forward(
+            _to_device(ids, self.device, pin),
+            _to_device(mask.astype(np.int64), self.device, pin),
+            normalize=normalize,
+            unpadded=bool(rows.min() == rows.max()),
+        )
+
+    def _forward_packed(
+        self, flat: np.ndarray, starts: np.ndarray, rows: np.ndarray, normalize: bool
+    ) -> torch.Tensor:
+        batch = pack_rows(flat, starts, rows)
+        pin = self.device.startswith("cuda")
+        # Compiled blocks get one constant bound (no recompilation per batch); the kernels only
+        # use it to size their grid.
+        max_length = self.max_seq_length if self.compiled else int(rows.max())
+        return self._model.forward_packed(
+            _to_device(batch.input_ids, self.device, pin),
+            _to_device(batch.position_ids, self.device, pin),
+            _to_device(batch.cu_seqlens, self.device, pin),
+            max_length,
+            _to_device(batch.gather, self.device, pin),
+            _to_device(batch.mask, self.device, pin),
+            normalize=normalize,
+        )
 
 
 def _encode(tokenizer: Any, texts: list[str], limit: int) -> list[list[int]]:
