@@ -4,7 +4,8 @@
 :class:`LLMEmbedder` serves it behind the :class:`~embedder.base.Embedder` interface with the
 batched engine: texts are tokenised once, grouped into length-sorted token-budget batches
 (:func:`~embedder.batching.plan_batches`), run under ``torch.inference_mode`` with SDPA, bf16 on
-CUDA and float32 on CPU, and scattered back to input order.
+CUDA and float32 on CPU, and scattered back to input order. On CUDA, decoder batches of mixed
+lengths are packed (:mod:`embedder.llm.packing`): no padding is computed at all.
 
 A saved embedder is one directory::
 
@@ -365,7 +366,9 @@ class LLMEmbedder:
     ``compile=True`` compiles the backbone's transformer blocks in place with ``torch.compile``
     (dynamic shapes, see :mod:`embedder.llm.compiling`; a model that declares no blocks is
     compiled whole) and warms them up before returning. Long calls tokenise the next chunk
-    while the device works on the current one (see :meth:`embed`).
+    while the device works on the current one (see :meth:`embed`). ``packed`` (``None``: on
+    for decoders where varlen flash kernels exist, i.e. CUDA) runs mixed-length batches packed
+    and budgets ``batch_tokens`` in real tokens; ``True`` on the CPU works, slowly (tests).
     """
 
     def __init__(
