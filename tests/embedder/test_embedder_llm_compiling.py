@@ -63,6 +63,14 @@ def test_compile_blocks_in_place_keeps_weights_names_and_block_hooks() -> None:
     assert not any(m._forward_hooks for m in inner)
 
 
+def test_compiling_twice_does_not_wrap_twice() -> None:
+    model = tiny_backbone("llama", num_layers=2).model
+    assert compile_blocks(model) == 2
+    forwards = [layer.forward for layer in model.layers]
+    assert compile_blocks(model) == 2  # a second embedder over the same model
+    assert [layer.forward for layer in model.layers] == forwards
+
+
 def test_model_without_blocks_is_left_alone() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     assert compile_blocks(model) == 0
