@@ -44,8 +44,6 @@ def plan_batches(
     batches: list[np.ndarray] = []
     start = 0
     while start < order.size:
-        # Sorted descending, so a batch's first item is its longest.
-        longest = max(int(lens[order[start]]), 1)
         if packed:
             # Items that fit the budget in real tokens (at least one).
             head = np.cumsum(lens[order[start : start + max_batch_size]])
@@ -53,6 +51,8 @@ def plan_batches(
             batches.append(order[start : start + size])
             start += size
             continue
+        # Sorted descending, so a batch's first item is its longest.
+        longest = max(int(lens[order[start]]), 1)
         size = min(max_batch_size, batch_tokens // longest, order.size - start)
         if min_fill > 0.0 and size > 1:
             # Fill of the first k items is their mean length / longest: non-increasing in k.

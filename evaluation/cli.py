@@ -389,7 +389,8 @@ def score_run(
     dataset_info["queries"] = len(judgements)
     dataset_info["judgements"] = sum(len(v) for v in judgements.values())
 
-    ranking = load_run(run)
+    fmt = run_format(run)
+    ranking = load_run(run, fmt=fmt)
     run_name = _slug(name or _bare_stem(run))
     out_dir = out or RUNS_DIR / _slug(str(dataset_info["name"]))
     source = Path(run).resolve()
@@ -405,7 +406,7 @@ def score_run(
         "dataset": dataset_info,
         "run": {
             "file": str(source),
-            "format": run_format(run),
+            "format": fmt,
             "queries": len(ranking),
             "judged_absent": absent,
             "unjudged": unjudged,

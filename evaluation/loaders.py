@@ -312,7 +312,7 @@ def run_format(path: Path) -> RunFormat:
     raise InvalidRequest(f"{path} holds no rankings")
 
 
-def load_run(path: Path) -> dict[str, dict[str, float]]:
+def load_run(path: Path, *, fmt: RunFormat | None = None) -> dict[str, dict[str, float]]:
     """Read a run file: Quarry's JSON ``{qid: {docid: score}}`` or TREC run lines.
 
     The format is told by content (:func:`run_format`), and gzipped files are decompressed.
@@ -321,10 +321,11 @@ def load_run(path: Path) -> dict[str, dict[str, float]]:
     lists them (JSON) or by their rank column (TREC), so that evaluating in dict order
     (``evaluate_run(..., preserve_order=True)``) has no arbitrary tie-break. A query with
     an empty ranking (``{"q1": {}}``) is kept. Format problems raise ``InvalidRequest``
-    naming the file and the line (TREC) or the query (JSON).
+    naming the file and the line (TREC) or the query (JSON). ``fmt`` skips the detection when
+    the caller has already run :func:`run_format`.
     """
     path = Path(path)
-    if run_format(path) == "json":
+    if (fmt or run_format(path)) == "json":
         return _load_json_run(path)
     return _load_trec_run(path)
 

@@ -388,6 +388,7 @@ class LLMEmbedder:
             raise ValueError("batch_tokens, max_batch_size and pipeline_texts must be >= 1")
         self.pipeline_texts = pipeline_texts
         self.device = resolve_device(device)
+        self._pin = self.device.startswith("cuda")  # host → device copies through pinned memory
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         # Same trade-off as the sentence-transformers backend: on CPU compute follows padded
@@ -622,10 +623,9 @@ class LLMEmbedder:
         self, flat: np.ndarray, starts: np.ndarray, rows: np.ndarray, normalize: bool
     ) -> torch.Tensor:
         ids, mask = pad_rows(flat, starts, rows, pad_id=self._pad_id, side=self._padding_side)
-        pin = self.device.startswith("cuda")
         return self._forward(
-            _to_device(ids, self.device, pin),
-            _to_device(mask.astype(np.int64), self.device, pin),
+            _to_device(ids, self.device, self._pin),
+            _to_device(mask.astype(np.int64), self.device, self._pin),
             normalize=normalize,
             unpadded=bool(rows.min() == rows.max()),
         )
@@ -634,17 +634,16 @@ class LLMEmbedder:
         self, flat: np.ndarray, starts: np.ndarray, rows: np.ndarray, normalize: bool
     ) -> torch.Tensor:
         batch = pack_rows(flat, starts, rows)
-        pin = self.device.startswith("cuda")
         # Compiled blocks get one constant bound (no recompilation per batch); the kernels only
         # use it to size their grid.
         max_length = self.max_seq_length if self.compiled else int(rows.max())
         return self._model.forward_packed(
-            _to_device(batch.input_ids, self.device, pin),
-            _to_device(batch.position_ids, self.device, pin),
-            _to_device(batch.cu_seqlens, self.device, pin),
+            _to_device(batch.input_ids, self.device, self._pin),
+            _to_device(batch.position_ids, self.device, self._pin),
+            _to_device(batch.cu_seqlens, self.device, self._pin),
             max_length,
-            _to_device(batch.gather, self.device, pin),
-            _to_device(batch.mask, self.device, pin),
+            _to_device(batch.gather, self.device, self._pin),
+            _to_device(batch.mask, self.device, self._pin),
             normalize=normalize,
         )
 
