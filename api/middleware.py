@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -30,19 +31,32 @@ class BodySizeLimit:
                 await too_large(scope, receive, send)
                 return
         seen = 0
+        exceeded = False
+        started = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
+        async def guarded(message: Message) -> None:
+            # A streamed (chunked) body over the limit surfaces inside the framework, which
+            # turns any read error into a 400: drop that response and answer 413 instead.
+            nonlocal started
+            if exceeded:
+                return
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, limited, guarded)
+        if exceeded and not started:
             await too_large(scope, receive, send)
 
 

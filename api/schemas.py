@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.collections import Metric
+from core.documents import DocumentIn
 from core.models import Collection, Job
 
 JsonScalar = str | int | float | bool
@@ -19,7 +21,7 @@ class CollectionCreate(BaseModel):
     embedder: str | None = Field(
         None, description="Model name or local path; default model if unset"
     )
-    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    metric: Metric = "cosine"
     index_spec: str = Field("Flat", description="FAISS factory string used by compaction")
     lexical: bool = Field(True, description="Keep a BM25 index for lexical and hybrid search")
     description: str | None = None
@@ -64,14 +66,6 @@ class CollectionsPublic(BaseModel):
     count: int
 
 
-class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(..., min_length=1, max_length=512)
-    text: str = Field(..., min_length=1)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
 class DocumentsIngest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -114,12 +108,12 @@ class JobPublic(BaseModel):
     duration_s: float | None
 
     @classmethod
-    def of(cls, job: Job, collection: str | None = None) -> JobPublic:
+    def of(cls, job: Job) -> JobPublic:
         return cls(
             id=job.id,
             kind=job.kind,
             state=job.state,
-            collection=collection,
+            collection=job.collection_name,
             total=job.total,
             done=job.done,
             skipped=job.skipped,

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api.auth import KeyStore
 from api.metrics import Metrics
-from indexer.cache import SegmentCache
-from indexer.searcher import Searcher
-from workers.dispatch import Dispatcher
-from workers.runtime import Runtime
+from service import Container
+from service.jobs import Housekeeper
 
 
 @dataclass
 class AppState:
-    runtime: Runtime
-    dispatcher: Dispatcher
-    cache: SegmentCache
-    searcher: Searcher
+    container: Container
     metrics: Metrics
-    keys: KeyStore
+    housekeeper: Housekeeper | None = None

@@ -45,28 +45,24 @@ def main() -> None:
     from core.ingest_files import DEMO_COLLECTION, DEMO_CORPUS, read_jsonl
     from core.migrate import upgrade
     from core.settings import Settings
-    from indexer.cache import SegmentCache
-    from indexer.searcher import Searcher
-    from workers.batch import ensure_collection, index_documents
-    from workers.dispatch import InlineDispatcher
-    from workers.runtime import Runtime
+    from service import build
+    from service.collections import ensure_collection
+    from service.ingest import index_documents
 
     docs = list(read_jsonl(DEMO_CORPUS))
     queries = [" ".join(d.text.split()[:12]) for d in docs[: args.queries]]
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(data_dir=Path(tmp))
         upgrade(settings.resolved_database_url)
-        rt = Runtime.create(settings)
-        dispatcher = InlineDispatcher(rt)
-        ensure_collection(rt, DEMO_COLLECTION, embedder=None, index_spec="Flat")
-        index_documents(rt, dispatcher, DEMO_COLLECTION, docs, show_progress=False)
-        dispatcher.close()
-        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
+        c = build(settings)  # the same composition root as the server's
+        ensure_collection(c, DEMO_COLLECTION, index_spec="Flat")
+        index_documents(c, DEMO_COLLECTION, docs, show_progress=False)
+        searcher = c.searcher
 
         port = _free_port()
         env = {**os.environ, "QUARRY_DATA_DIR": tmp, "QUARRY_LOG_LEVEL": "WARNING"}
         server = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "serve", "--port", str(port), "--no-migrate"],
+            [sys.executable, "-m", "cli", "serve", "--port", str(port), "--no-migrate"],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
@@ -96,7 +92,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-            rt.close()
+            c.close()
     http_s, inproc_s = summary(http_t), summary(inproc_t)
     result = {
         "what": "sequential /v1/search requests vs Searcher.search in-process, same queries",

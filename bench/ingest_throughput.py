@@ -45,9 +45,9 @@ def main() -> None:
     from core.migrate import upgrade
     from core.settings import Settings
     from embedder import resolve_model_path
-    from workers.batch import ensure_collection, index_documents
-    from workers.dispatch import InlineDispatcher
-    from workers.runtime import Runtime
+    from service import build
+    from service.collections import ensure_collection
+    from service.ingest import index_documents
 
     docs = []
     for doc in read_jsonl(args.corpus):
@@ -75,20 +75,16 @@ def main() -> None:
             settings = Settings(data_dir=Path(tmp))
             settings.embedder.device = args.device
             upgrade(settings.resolved_database_url)
-            rt = Runtime.create(settings)
-            dispatcher = InlineDispatcher(rt)
-            ensure_collection(rt, "bench", embedder=None, index_spec="Flat")  # loads the model
-            rt.embedders.get("all-MiniLM-L6-v2").embed(texts[:64])  # warm-up
+            c = build(settings)
+            ensure_collection(c, "bench", index_spec="Flat")  # loads the model
+            c.embedders.get("all-MiniLM-L6-v2").embed(texts[:64])  # warm-up
             sync()
             t0 = time.perf_counter()
-            report = index_documents(
-                rt, dispatcher, "bench", docs, show_progress=False, poll_s=0.05
-            )
+            report = index_documents(c, "bench", docs, show_progress=False, poll_s=0.05)
             sync()
             quarry_times.append(time.perf_counter() - t0)
             assert report.indexed == len(docs), report
-            dispatcher.close()
-            rt.close()
+            c.close()
         print(f"repeat {rep}: encode {base_times[-1]:.2f}s, quarry ingest {quarry_times[-1]:.2f}s")
 
     n = len(docs)

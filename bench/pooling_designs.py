@@ -1,4 +1,4 @@
-"""The paper's five-design comparison (PAPERS.md §1), reproduced small, in one GPU session.
+"""The five-design comparison of docs/methods.md, reproduced small, in one GPU session.
 
 Trains designs 1-5 over the same backbone with ``quarry train embedder`` (one process per
 design, all at once: a 135M model leaves most of an H200 idle, so the processes share it),
@@ -161,8 +161,8 @@ def embed_and_search(
     """Top-k run of ``design`` on the eval split by exact cosine search over the corpus."""
     import torch
 
+    from cli.train import INSTRUCTION_TEMPLATE
     from embedder.llm import LLMEmbedder
-    from embedder.train.cli import INSTRUCTION_TEMPLATE
     from evaluation.loaders import load_beir
 
     if design == UNTRAINED:
@@ -189,7 +189,7 @@ def embed_and_search(
     top = torch.topk(scores, k=min(args.k, len(docs)), dim=1)
     values, indices = top.values.cpu().numpy(), top.indices.cpu().numpy()
     run = {
-        qid: {docs[int(j)].external_id: float(s) for j, s in zip(row, vals, strict=True)}
+        qid: {docs[int(j)].id: float(s) for j, s in zip(row, vals, strict=True)}
         for qid, row, vals in zip(qids, indices, values, strict=True)
     }
     info = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -12,7 +13,9 @@ from core.errors import CollectionExists, CollectionNotFound, InvalidRequest
 from core.models import Collection, DocState, Document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-METRICS = ("cosine", "ip", "l2")
+#: Vector similarity of a collection; the one list every layer uses.
+Metric = Literal["cosine", "ip", "l2"]
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
 def validate_name(name: str) -> None:

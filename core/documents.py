@@ -11,9 +11,11 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import ConfigDict, Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -23,12 +25,12 @@ from core.models import Collection, DocState, Document
 _CHUNK = 500  # bound IN (...) lists; SQLite allows ~32k parameters, Postgres 65k
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DocumentIn:
-    """A document as submitted for ingest."""
+    """A document as submitted for ingest (the API body, a JSONL line, a BEIR corpus line)."""
 
-    external_id: str
-    text: str
+    id: Annotated[str, Field(min_length=1, max_length=512, description="Your id for it")]
+    text: Annotated[str, Field(min_length=1)]
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,15 +74,15 @@ def upsert_documents(
     """Store documents and assign every one that needs embedding to ``job_id``."""
     seen: set[str] = set()
     for doc in docs:
-        if doc.external_id in seen:
-            raise InvalidRequest(f"Duplicate document id {doc.external_id!r} in one request")
-        seen.add(doc.external_id)
-    existing = _live_by_external_id(session, collection.id, [d.external_id for d in docs])
+        if doc.id in seen:
+            raise InvalidRequest(f"Duplicate document id {doc.id!r} in one request")
+        seen.add(doc.id)
+    existing = _live_by_external_id(session, collection.id, [d.id for d in docs])
     result = UpsertResult()
     fresh: list[Document] = []
     for doc in docs:
         digest = content_hash(doc.text, doc.metadata)
-        old = existing.get(doc.external_id)
+        old = existing.get(doc.id)
         if old is not None and old.content_hash == digest:
             if old.state == DocState.PENDING:  # an earlier job never finished it
                 old.job_id = job_id
@@ -95,7 +97,7 @@ def upsert_documents(
         fresh.append(
             Document(
                 collection_id=collection.id,
-                external_id=doc.external_id,
+                external_id=doc.id,
                 text=doc.text,
                 meta=doc.metadata,
                 content_hash=digest,

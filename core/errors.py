@@ -75,11 +75,25 @@ class ModelNotAvailable(QuarryError):
     status = 422
 
 
-class IndexError_(QuarryError):
-    """A FAISS index could not be built or read (bad factory string, too few vectors)."""
+class InvalidIndexSpec(InvalidRequest):
+    """A FAISS factory string that cannot be built (a client error: fix the request).
+
+    The code stays ``index_error``, the one clients have seen since v0.1.
+    """
 
     code = "index_error"
     status = 422
+
+
+class SegmentCorrupt(QuarryError):
+    """A segment's files are unreadable, truncated or fail their checksum (a server fault).
+
+    ``details`` names the collection and the segment; the operator repairs it with
+    ``quarry verify --repair``.
+    """
+
+    code = "segment_corrupt"
+    status = 500
 
 
 class DatabaseNotMigrated(QuarryError):
@@ -90,3 +104,9 @@ class DatabaseNotMigrated(QuarryError):
 class ServiceUnavailable(QuarryError):
     code = "service_unavailable"
     status = 503
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The task broker could not take a job in time; the job is left for the reaper."""
+
+    code = "broker_unavailable"

@@ -58,6 +58,11 @@ class JobState(enum.StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# A job in one of these states will not change again.
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class JobKind(enum.StrEnum):
@@ -143,6 +148,8 @@ class Segment(Base):
     created_by_job: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # {file name: "sha256:<hex>"} for every file of the segment, verified when it is loaded.
+    checksums: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Job(Base):
@@ -154,9 +161,11 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     kind: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    # SET NULL, not CASCADE: the row outlives its collection (it reads ``cancelled``).
     collection_id: Mapped[int | None] = mapped_column(
-        ForeignKey("collections.id", ondelete="CASCADE"), nullable=True
+        ForeignKey("collections.id", ondelete="SET NULL"), nullable=True
     )
+    collection_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
     total: Mapped[int] = mapped_column(Integer, default=0)
     done: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)
@@ -167,6 +176,15 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The lease of the worker running the job, renewed by its heartbeat; a reaper
+    # re-dispatches a running job whose lease expired (its worker died).
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    # When the job was last handed to the broker (or the inline executor); a job still
+    # ``queued`` long after this has lost its message and is sent again.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ApiKey(Base):
@@ -179,4 +197,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[str] = mapped_column(String(256), default="read,write")
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # None: every collection; otherwise the collection names this key may read or write.
+    collections: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

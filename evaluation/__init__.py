@@ -1,6 +1,6 @@
 """IR evaluation: dataset loaders, ranx metrics, paired significance tests, reports.
 
-``quarry eval`` (:mod:`evaluation.cli`) drives it. Importing this package is cheap: ranx,
+``quarry eval`` (:mod:`cli.eval`) drives it. Importing this package is cheap: ranx,
 scipy, matplotlib and the service's ingest/search modules are imported only when used, and
 the public names below are resolved on first access.
 """
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     )
 
 # Public name -> defining module, imported on first access (PEP 562) so that importing
-# the package (``core.cli`` does, for ``quarry eval``) stays cheap.
+# the package (``cli.main`` does, for ``quarry eval``) stays cheap.
 _EXPORTS: dict[str, str] = {
     "BeirDataset": "evaluation.loaders",
     "Candidate": "evaluation.loaders",

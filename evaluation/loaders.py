@@ -14,12 +14,12 @@ Precomputed runs (rankings) come either as Quarry's JSON ``{qid: {docid: score}}
 ``qid Q0 docid rank score tag``; :func:`load_run` reads both, plain or gzipped.
 
 Every format problem raises :class:`core.errors.InvalidRequest` naming the file and line.
+Files are read through :mod:`core.jsonl` (gzip told by magic bytes, whatever the name), the
+reader the ingest path and the training data use too; :func:`read_json` is re-exported here.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 from core.errors import InvalidRequest
+from core.jsonl import iter_jsonl, open_text, read_json
 
 if TYPE_CHECKING:
     from core.documents import DocumentIn
@@ -39,29 +40,6 @@ Qrels = dict[str, dict[str, int]]
 
 RunFormat = Literal["json", "trec"]
 """The two run file layouts :func:`load_run` reads."""
-
-
-def _open_text(path: Path) -> IO[str]:
-    """``path`` as UTF-8 text; gzip is told by its magic bytes, whatever the file is named."""
-    with path.open("rb") as fh:
-        gzipped = fh.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open("r", encoding="utf-8")
-
-
-def read_json(path: Path, what: str) -> Any:
-    """The JSON value stored in ``path`` (gzip too); errors name the file as ``what`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidRequest(f"{what} file not found: {path}")
-    try:
-        with _open_text(path) as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"{path}: not a UTF-8 text or gzip file ({exc})") from exc
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -137,18 +115,14 @@ def load_beir(folder: Path, split: str = "test") -> BeirDataset:
 
 def _read_beir_queries(path: Path) -> dict[str, str]:
     queries: dict[str, str] = {}
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                qid, text = str(rec["_id"]), str(rec["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InvalidRequest(
-                    f'{path}:{lineno}: expected a JSON object {{"_id", "text"}} ({exc})'
-                ) from exc
-            queries[qid] = text
+    for lineno, rec in iter_jsonl(path, what="Queries file"):
+        try:
+            qid, text = str(rec["_id"]), str(rec["text"])
+        except (KeyError, TypeError) as exc:
+            raise InvalidRequest(
+                f'{path}:{lineno}: expected a JSON object {{"_id", "text"}} ({exc!r})'
+            ) from exc
+        queries[qid] = text
     return queries
 
 
@@ -158,7 +132,7 @@ def load_beir_qrels(path: Path) -> Qrels:
     if not path.is_file():
         raise InvalidRequest(f"Qrels file not found: {path}")
     qrels: Qrels = {}
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -191,7 +165,7 @@ def load_trec_qrels(path: Path) -> Qrels:
     if not path.is_file():
         raise InvalidRequest(f"Qrels file not found: {path}")
     qrels: Qrels = {}
-    with _open_text(path) as fh:
+    with open_text(path) as fh:
         for lineno, line in enumerate(fh, 1):
             parts = line.split()
             if not parts:
@@ -296,7 +270,7 @@ def _candidate(hit: Any, qid: str, where: str) -> Candidate:
 def _open_run(path: Path) -> IO[str]:
     if not path.is_file():
         raise InvalidRequest(f"Run file not found: {path}")
-    return _open_text(path)
+    return open_text(path)
 
 
 def run_format(path: Path) -> RunFormat:

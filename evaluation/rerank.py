@@ -82,11 +82,11 @@ def _first_stage(arg: str | None, settings: Settings) -> Reranker:
 
 
 def _embedder(arg: str | None, settings: Settings) -> Reranker:
-    from embedder import EmbedderPool
+    from service import build
 
     model = arg or settings.embedder.default_model
-    # The same pool a Runtime builds (Runtime.create), without needing a database.
-    pool = EmbedderPool.from_settings(settings)
+    # The container is lazy: its embedder pool needs no database or broker.
+    pool = build(settings, check_schema=False).embedders
     return EmbedderReranker(pool.get(model), name=f"embedder:{model}")
 
 

@@ -1,8 +1,9 @@
 """First-stage retrieval evaluation through the service's own ingest and search paths.
 
-The corpus goes in through :func:`workers.batch.ensure_collection` and
-:func:`workers.batch.index_documents` (the path ``quarry index`` takes), and every query
-through :meth:`indexer.searcher.Searcher.search` (the path ``POST /v1/search`` takes), so
+The corpus goes in through :func:`service.collections.ensure_collection` and
+:func:`service.ingest.index_documents` (the path ``quarry index`` takes), and every query
+through :meth:`service.search.Searcher.search` (the path ``POST /v1/search`` takes, on the
+container's segment cache with the same GPU placement), so
 the numbers measure what users get, BM25 and fusion included.
 
 Ingest is idempotent on document id and content: evaluating again on the same collection
@@ -25,9 +26,8 @@ from evaluation.metrics import DEFAULT_METRICS, EvalResult, evaluate_run
 
 if TYPE_CHECKING:
     from evaluation.loaders import BeirDataset
-    from indexer.searcher import Searcher
-    from workers.dispatch import Dispatcher
-    from workers.runtime import Runtime
+    from service import Container
+    from service.search import Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ def search_queries(
 
 
 def index_corpus(
-    rt: Runtime,
-    dispatcher: Dispatcher,
+    c: Container,
     dataset: BeirDataset,
     *,
     collection: str,
@@ -119,9 +118,10 @@ def index_corpus(
     from core.collections import document_counts, get_collection
     from core.db import session_scope
     from core.errors import CollectionNotFound
-    from workers.batch import ensure_collection, index_documents
+    from service.collections import ensure_collection
+    from service.ingest import index_documents
 
-    with session_scope(rt.sessions) as s:
+    with session_scope(c.sessions) as s:
         try:
             existing = get_collection(s, collection)
             found_model: str | None = existing.embedder
@@ -138,10 +138,9 @@ def index_corpus(
                 f"{embedder!r}; pick another collection name for another model"
             )
         logger.info("Reusing collection %s (%s)", collection, found_model)
-    ensure_collection(rt, collection, embedder=embedder, index_spec=index_spec)
+    ensure_collection(c, collection, embedder=embedder, index_spec=index_spec)
     report = index_documents(
-        rt,
-        dispatcher,
+        c,
         collection,
         dataset.documents(),
         batch_size=batch_size,
@@ -152,7 +151,7 @@ def index_corpus(
         raise QuarryError(
             f"{len(report.failed_jobs)} ingest job(s) failed: {', '.join(report.failed_jobs)}"
         )
-    with session_scope(rt.sessions) as s:
+    with session_scope(c.sessions) as s:
         coll = get_collection(s, collection)
         counts = document_counts(s, coll.id)
     live = sum(counts.values())
@@ -185,12 +184,12 @@ def index_corpus(
     }
 
 
-def collection_config(rt: Runtime, collection: str) -> dict[str, str | int | bool]:
+def collection_config(c: Container, collection: str) -> dict[str, str | int | bool]:
     """What a run's results depend on in the collection: model, metric, index spec."""
     from core.collections import get_collection
     from core.db import session_scope
 
-    with session_scope(rt.sessions) as s:
+    with session_scope(c.sessions) as s:
         coll = get_collection(s, collection)
         return {
             "collection": coll.name,
@@ -203,9 +202,7 @@ def collection_config(rt: Runtime, collection: str) -> dict[str, str | int | boo
 
 
 def run_retrieval_eval(
-    rt: Runtime,
-    dispatcher: Dispatcher,
-    searcher: Searcher,
+    c: Container,
     dataset: BeirDataset,
     *,
     collection: str,
@@ -231,8 +228,7 @@ def run_retrieval_eval(
         raise InvalidRequest("k must be at least 1")
     t0 = time.perf_counter()
     index_info = index_corpus(
-        rt,
-        dispatcher,
+        c,
         dataset,
         collection=collection,
         embedder=embedder,
@@ -243,7 +239,7 @@ def run_retrieval_eval(
     )
     t_search = time.perf_counter()
     run, stats = search_queries(
-        searcher,
+        c.searcher,
         collection,
         dataset.queries,
         mode=checked,

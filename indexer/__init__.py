@@ -2,8 +2,9 @@
 
 A collection is a list of immutable segments plus tombstones (deleted document ids still
 present in some segment). A segment holds a FAISS index and, when written with texts, a
-BM25 lexical index over the same ids; :func:`rrf` fuses their rankings. See ``DESIGN.md``
-("Segments", "Search").
+BM25 lexical index over the same ids; :func:`rrf` fuses their rankings. Every segment file
+is checksummed when written (:func:`segment_checksums`) and verified when loaded
+(:func:`load_segment`, :class:`SegmentCache`, :func:`verify_segment`).
 """
 
 from __future__ import annotations
@@ -28,16 +29,28 @@ from indexer.manifest import (
     retire_segments,
     tombstone_ids,
 )
+from indexer.policy import (
+    FALLBACK_SPEC,
+    FRESH_SEGMENT_SPEC,
+    RETIRED_GRACE_S,
+    compaction_spec,
+)
 from indexer.search import search_segments
 from indexer.segment import (
     LoadedSegment,
+    collect_garbage,
+    collection_dir,
     delete_segment_files,
+    drop_collection,
     load_segment,
     new_segment_name,
     orphan_segment_dirs,
     read_lexical,
     read_meta,
     read_vectors,
+    segment_checksums,
+    stray_collection_dirs,
+    verify_segment,
     write_segment,
 )
 from indexer.spec import (
@@ -50,7 +63,10 @@ from indexer.spec import (
 )
 
 __all__ = [
+    "FALLBACK_SPEC",
+    "FRESH_SEGMENT_SPEC",
     "METRICS",
+    "RETIRED_GRACE_S",
     "LexicalIndex",
     "LoadedSegment",
     "Metric",
@@ -58,10 +74,14 @@ __all__ = [
     "active_segments",
     "build_index",
     "build_lexical",
+    "collect_garbage",
+    "collection_dir",
     "commit_segment",
     "compact_lexical",
     "compact_vectors",
+    "compaction_spec",
     "delete_segment_files",
+    "drop_collection",
     "gpu_count",
     "load_lexical",
     "load_segment",
@@ -79,9 +99,12 @@ __all__ = [
     "rrf",
     "search_lexical",
     "search_segments",
+    "segment_checksums",
     "set_search_params",
+    "stray_collection_dirs",
     "tokenize",
     "tombstone_ids",
     "validate_spec",
+    "verify_segment",
     "write_segment",
 ]

@@ -15,6 +15,8 @@ import json
 import logging
 import os
 import threading
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ import bm25s
 import numpy as np
 import scipy.sparse as sp
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
+from indexer.integrity import file_checksum, write_hashed
 from indexer.spec import as_id_set
 
 logger = logging.getLogger(__name__)
@@ -96,7 +99,7 @@ class LexicalIndex:
     def __post_init__(self) -> None:
         n = self.ids.shape[0] if self.ids.ndim == 1 else -1
         if n < 0 or self.tf.shape != (n, len(self.vocab)) or self.doc_len.shape != (n,):
-            raise IndexError_(
+            raise SegmentCorrupt(
                 f"Inconsistent lexical index: ids {self.ids.shape}, tf {self.tf.shape}, "
                 f"vocab {len(self.vocab)} terms, doc_len {self.doc_len.shape}"
             )
@@ -120,11 +123,16 @@ class LexicalIndex:
                     self._csc = csc
         return self._csc, self._df
 
-    def save(self, directory: Path) -> None:
-        """Write ``lexical.npz`` and ``lexical_vocab.json`` into ``directory``, fsync'ed."""
+    def save(self, directory: Path) -> dict[str, str]:
+        """Write ``lexical.npz`` and ``lexical_vocab.json`` into ``directory``, fsync'ed.
+
+        Returns their checksums (``{file name: "sha256:<hex>"}``, see :mod:`indexer.integrity`).
+        """
         directory = Path(directory)
         tf = self.tf
-        with open(directory / LEXICAL_FILE, "wb") as f:
+        npz_path = directory / LEXICAL_FILE
+        with open(npz_path, "wb") as f:
+            # A zip file seeks back to patch its headers, so it is hashed once written.
             np.savez(
                 f,
                 ids=self.ids.astype(np.int64, copy=False),
@@ -141,10 +149,13 @@ class LexicalIndex:
             "n_docs": len(self),
             "terms": self.terms,
         }
-        with open(directory / LEXICAL_VOCAB_FILE, "w", encoding="utf-8") as f:
-            json.dump(vocab_doc, f, ensure_ascii=False, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
+        vocab_bytes = json.dumps(vocab_doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return {
+            LEXICAL_FILE: file_checksum(npz_path),
+            LEXICAL_VOCAB_FILE: write_hashed(
+                directory / LEXICAL_VOCAB_FILE, lambda w: w.write(vocab_bytes)
+            ),
+        }
 
 
 def _csr(
@@ -185,8 +196,8 @@ def build_lexical(texts: Sequence[str], ids: np.ndarray) -> LexicalIndex:
 def load_lexical(directory: Path) -> LexicalIndex | None:
     """The lexical index stored in ``directory``; ``None`` if it has none (older segments).
 
-    Raises :class:`IndexError_` if the files are incomplete, inconsistent or were written by
-    another analyzer or format version.
+    Raises :class:`SegmentCorrupt` if the files are incomplete, truncated, inconsistent or
+    were written by another analyzer or format version.
     """
     directory = Path(directory)
     npz_path, vocab_path = directory / LEXICAL_FILE, directory / LEXICAL_VOCAB_FILE
@@ -195,40 +206,58 @@ def load_lexical(directory: Path) -> LexicalIndex | None:
     name = directory.name
     try:
         with open(vocab_path, encoding="utf-8") as f:
-            vocab_doc: dict[str, Any] = json.load(f)
+            vocab_doc: Any = json.load(f)
         with np.load(npz_path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in ("ids", "doc_len", "data", "indices", "indptr")}
-    except (OSError, ValueError, KeyError) as exc:
-        raise IndexError_(f"Segment {name!r} has an unreadable lexical index") from exc
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        EOFError,
+        MemoryError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:
+        raise SegmentCorrupt(
+            f"Segment {name!r} has an unreadable lexical index ({type(exc).__name__})"
+        ) from exc
+    if not isinstance(vocab_doc, dict):
+        raise SegmentCorrupt(f"Segment {name!r} has an unreadable lexical index (bad vocabulary)")
     if vocab_doc.get("format_version") != LEXICAL_FORMAT_VERSION:
-        raise IndexError_(
+        raise SegmentCorrupt(
             f"Segment {name!r} has lexical format version {vocab_doc.get('format_version')!r}; "
             f"this Quarry reads version {LEXICAL_FORMAT_VERSION}"
         )
     if vocab_doc.get("analyzer") != ANALYZER:
-        raise IndexError_(
+        raise SegmentCorrupt(
             f"Segment {name!r} was tokenised by analyzer {vocab_doc.get('analyzer')!r}, but "
             f"this Quarry tokenises queries with {ANALYZER!r}; re-index the collection"
         )
     terms = vocab_doc.get("terms")
-    ids, indptr = arrays["ids"], arrays["indptr"]
+    ids, indptr, doc_len = arrays["ids"], arrays["indptr"], arrays["doc_len"]
     if (
         not isinstance(terms, list)
+        or not all(isinstance(t, str) for t in terms)
+        or len(set(terms)) != len(terms)
         or ids.ndim != 1
+        or not np.issubdtype(ids.dtype, np.integer)
+        or doc_len.shape != ids.shape
+        or not np.issubdtype(doc_len.dtype, np.integer)
         or indptr.shape != (ids.shape[0] + 1,)
         or vocab_doc.get("n_docs") != ids.shape[0]
+        or np.unique(ids).size != ids.size
     ):
-        raise IndexError_(f"Segment {name!r} has an inconsistent lexical index")
+        raise SegmentCorrupt(f"Segment {name!r} has an inconsistent lexical index")
     try:
         tf = _csr(arrays["data"], arrays["indices"], indptr, (ids.shape[0], len(terms)))
         tf.check_format(full_check=True)
-    except ValueError as exc:
-        raise IndexError_(f"Segment {name!r} has a corrupt lexical index: {exc}") from exc
+    except (ValueError, TypeError, IndexError) as exc:
+        raise SegmentCorrupt(f"Segment {name!r} has a corrupt lexical index: {exc}") from exc
     return LexicalIndex(
         ids=ids.astype(np.int64, copy=False),
         tf=tf,
         vocab={t: i for i, t in enumerate(terms)},
-        doc_len=arrays["doc_len"].astype(np.int32, copy=False),
+        doc_len=doc_len.astype(np.int32, copy=False),
     )
 
 
@@ -237,7 +266,7 @@ def merge_lexical(indexes: Sequence[LexicalIndex], drop_ids: np.ndarray) -> Lexi
 
     The vocabulary becomes the sorted union of the terms that kept rows still use, so the
     result equals :func:`build_lexical` over the kept documents' texts. Raises
-    :class:`IndexError_` if two indexes share an id.
+    :class:`SegmentCorrupt` if two indexes share an id.
     """
     if not indexes:
         raise InvalidRequest("merge_lexical needs at least one lexical index")
@@ -255,7 +284,7 @@ def merge_lexical(indexes: Sequence[LexicalIndex], drop_ids: np.ndarray) -> Lexi
         kept.append((index, keep, tf, terms))
     all_ids = np.concatenate([index.ids[keep] for index, keep, _, _ in kept])
     if np.unique(all_ids).size != all_ids.size:
-        raise IndexError_("Cannot merge lexical indexes that hold the same id more than once")
+        raise SegmentCorrupt("Cannot merge lexical indexes that hold the same id more than once")
 
     merged_terms = sorted(used_terms)
     vocab = {t: i for i, t in enumerate(merged_terms)}

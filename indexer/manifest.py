@@ -8,14 +8,15 @@ in the same transaction so concurrent ingests and compactions of a collection se
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.errors import CollectionNotFound, Conflict, IndexError_, InvalidRequest
+from core.errors import CollectionNotFound, Conflict, InvalidRequest, QuarryError
 from core.models import Collection, DocState, Document, Segment, utcnow
+from indexer.integrity import checksums_format_problems
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,12 @@ def _new_segment(
     spec: str,
     n_vectors: int,
     job_id: str | None,
+    checksums: Mapping[str, str] | None,
 ) -> Segment:
+    if checksums is not None:
+        problems = checksums_format_problems(checksums)
+        if problems:
+            raise InvalidRequest(f"Invalid checksums for segment {name!r}: {problems[0]}")
     segment = Segment(
         collection_id=collection.id,
         name=name,
@@ -95,6 +101,7 @@ def _new_segment(
         n_vectors=n_vectors,
         active=True,
         created_by_job=job_id,
+        checksums=None if checksums is None else dict(checksums),
     )
     session.add(segment)
     session.flush()  # assigns segment.id
@@ -110,8 +117,12 @@ def commit_segment(
     n_vectors: int,
     doc_ids: Sequence[int] | np.ndarray,
     job_id: str | None,
+    checksums: Mapping[str, str] | None = None,
 ) -> Segment:
     """Add a freshly written segment holding the vectors of ``doc_ids`` to the manifest.
+
+    ``checksums`` (from :func:`~indexer.segment.segment_checksums`) are stored on the row;
+    readers verify the files against them. ``None`` stores none (verification is skipped).
 
     Pending documents become ``indexed`` in the new segment. Documents deleted while they
     were being embedded stay ``deleted`` but point at the segment, so they are tombstones.
@@ -140,7 +151,13 @@ def commit_segment(
         )
 
     segment = _new_segment(
-        session, collection, name=name, spec=spec, n_vectors=n_vectors, job_id=job_id
+        session,
+        collection,
+        name=name,
+        spec=spec,
+        n_vectors=n_vectors,
+        job_id=job_id,
+        checksums=checksums,
     )
     deleted = DocState.DELETED.value
     for chunk in _chunks(ids):
@@ -196,9 +213,11 @@ def _retire(
     kept_set = set(kept)
     lost = [i for i, s in states.items() if i not in kept_set and s != DocState.DELETED.value]
     if lost:
-        raise IndexError_(
+        # A manifest invariant, not a damaged file: the compaction that asked is wrong.
+        raise QuarryError(
             f"Compaction would drop {len(lost)} live documents (first: {sorted(lost)[:5]}); "
-            "only deleted documents may be left out"
+            "only deleted documents may be left out",
+            details={"collection_id": collection.id},
         )
     now = utcnow()
     for seg in current:
@@ -217,18 +236,27 @@ def replace_segments(
     n_vectors: int,
     kept_doc_ids: Sequence[int] | np.ndarray,
     job_id: str | None,
+    checksums: Mapping[str, str] | None = None,
 ) -> Segment:
     """Swap ``retired`` segments for one compacted segment holding ``kept_doc_ids``.
 
     Kept documents move to the new segment (those deleted meanwhile stay tombstones there).
     Deleted documents left out of it lose their segment: their tombstones are purged.
-    Raises :class:`Conflict` if a segment was already retired, :class:`IndexError_` if a live
-    document of the retired segments is missing from ``kept_doc_ids``. The caller commits.
+    ``checksums`` are stored on the new row (see :func:`commit_segment`). Raises
+    :class:`Conflict` if a segment was already retired, :class:`QuarryError` (a server
+    fault) if a live document of the retired segments is missing from ``kept_doc_ids``.
+    The caller commits.
     """
     kept = _as_id_list(kept_doc_ids, n_vectors, "kept_doc_ids")
     seg_ids = _retire(session, collection, retired, kept)
     segment = _new_segment(
-        session, collection, name=name, spec=spec, n_vectors=n_vectors, job_id=job_id
+        session,
+        collection,
+        name=name,
+        spec=spec,
+        n_vectors=n_vectors,
+        job_id=job_id,
+        checksums=checksums,
     )
     for chunk in _chunks(kept):
         session.execute(
@@ -253,8 +281,8 @@ def retire_segments(
 ) -> None:
     """Retire segments whose documents are all deleted, with no replacement segment.
 
-    For a compaction that leaves nothing to keep. Raises :class:`IndexError_` if a retired
-    segment still holds a live document. The caller commits.
+    For a compaction that leaves nothing to keep. Raises :class:`QuarryError` (a server
+    fault) if a retired segment still holds a live document. The caller commits.
     """
     seg_ids = _retire(session, collection, retired, [])
     _purge_tombstones(session, seg_ids)

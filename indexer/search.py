@@ -9,7 +9,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
 from indexer.segment import LoadedSegment
 from indexer.spec import Metric, as_id_set, as_vectors, check_metric, find_hnsw
 from indexer.torch_flat import TorchFlatIndex
@@ -130,9 +130,11 @@ def search_segments(
     q = as_vectors(queries, dim)
     for seg in segments:
         if seg.metric != metric or seg.dim != q.shape[1]:
-            raise IndexError_(
+            # The collection's metric and dim are fixed: a segment that differs is damaged.
+            raise SegmentCorrupt(
                 f"Segment {seg.name!r} is {seg.metric} with dim {seg.dim}, but the search is "
-                f"{metric} with dim {q.shape[1]}"
+                f"{metric} with dim {q.shape[1]}",
+                details={"segment": seg.name},
             )
     exclude = as_id_set(exclude_ids, "exclude_ids")
     allow = as_id_set(allow_ids, "allow_ids")

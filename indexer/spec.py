@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 import faiss
 import numpy as np
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidIndexSpec, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -48,27 +48,27 @@ def _factory(spec: str, dim: int, metric: int = faiss.METRIC_L2) -> faiss.Index:
     if not isinstance(dim, int) or isinstance(dim, bool) or dim <= 0:
         raise InvalidRequest(f"dim must be a positive integer, got {dim!r}")
     if not isinstance(spec, str) or not spec.strip():
-        raise IndexError_(f"The index spec is empty. Examples of valid specs: {SPEC_EXAMPLES}")
+        raise InvalidIndexSpec(f"The index spec is empty. Examples of valid specs: {SPEC_EXAMPLES}")
     if "idmap" in spec.lower():
-        raise IndexError_(
+        raise InvalidIndexSpec(
             f"Invalid index spec {spec!r}: leave out IDMap, Quarry adds the id map itself. "
             f"Examples of valid specs: {SPEC_EXAMPLES}"
         )
     try:
         index = faiss.index_factory(dim, spec, metric)
     except RuntimeError as exc:
-        raise IndexError_(
+        raise InvalidIndexSpec(
             f"Invalid index spec {spec!r} for dim {dim}: {faiss_message(exc)}. "
             f"Examples of valid specs: {SPEC_EXAMPLES}"
         ) from None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and ivf.nlist < 1:
-        raise IndexError_(f"Invalid index spec {spec!r}: an IVF index needs at least one list")
+        raise InvalidIndexSpec(f"Invalid index spec {spec!r}: an IVF index needs at least one list")
     return index
 
 
 def validate_spec(spec: str, dim: int) -> None:
-    """Raise :class:`IndexError_` unless ``spec`` is a FAISS factory string usable at ``dim``."""
+    """Raise :class:`InvalidIndexSpec` unless ``spec`` is a FAISS factory string for ``dim``."""
     _factory(spec, dim)
 
 
@@ -203,7 +203,7 @@ def build_index(
 
     ``vectors`` is ``(n, dim)`` float, ``ids`` is ``(n,)`` int64. For ``cosine`` the vectors
     are L2-normalised (on a copy) and searched by inner product. Trains the index if the spec
-    needs it; raises :class:`IndexError_` when there are too few vectors to train.
+    needs it; raises :class:`InvalidIndexSpec` when there are too few vectors to train.
     ``nprobe`` (IVF, default ``min(nlist, 16)``) and ``ef_search`` (HNSW, default 64) set the
     stored search parameters.
     """
@@ -222,7 +222,7 @@ def build_index(
     if not index.is_trained:
         need = _training_need(index)
         if x.shape[0] < need:
-            raise IndexError_(
+            raise InvalidIndexSpec(
                 f"Index spec {spec!r} needs at least {_plural(need)} to train, but there "
                 f"{'is' if x.shape[0] == 1 else 'are'} only {x.shape[0]}. Use a smaller spec "
                 "(e.g. Flat, or fewer IVF lists) or index more documents first."
@@ -230,7 +230,7 @@ def build_index(
         try:
             index.train(x)
         except RuntimeError as exc:
-            raise IndexError_(
+            raise InvalidIndexSpec(
                 f"Training index spec {spec!r} on {_plural(x.shape[0])} failed: "
                 f"{faiss_message(exc)}"
             ) from None

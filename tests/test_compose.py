@@ -93,9 +93,9 @@ def quarry_cli() -> Any:
     """
     import typer
 
-    core_cli = importlib.import_module("core.cli")
+    core_cli = importlib.import_module("cli.main")
     command = typer.main.get_command(core_cli.app)
-    assert is_group(command), "core.cli.app should be a Typer app with several commands"
+    assert is_group(command), "cli.main.app should be a Typer app with several commands"
     return command
 
 
@@ -477,6 +477,6 @@ def test_env_example_has_no_secrets(services: dict[str, dict[str, Any]]) -> None
 
 def test_console_script() -> None:
     scripts = tomllib.loads(PYPROJECT.read_text())["project"]["scripts"]
-    assert scripts["quarry"] == "core.cli:main"
+    assert scripts["quarry"] == "cli.main:main"
     module_name, _, attr = scripts["quarry"].partition(":")
     assert callable(getattr(importlib.import_module(module_name), attr))

@@ -64,7 +64,7 @@ def stack(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
         "QUARRY_EMBEDDER__DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
     }
-    quarry = [sys.executable, "-m", "core.cli"]
+    quarry = [sys.executable, "-m", "cli"]
     subprocess.run([*quarry, "db", "upgrade"], env=env, cwd=ROOT, check=True, timeout=120)
     port = _free_port()
     procs = [
@@ -103,10 +103,7 @@ def _wait_jobs(client: httpx.Client, job_ids: list[str], procs: list[Proc]) -> l
 
 
 def test_ingest_search_delete_over_the_full_stack(stack: dict) -> None:
-    docs = [
-        {"id": d.external_id, "text": d.text, "metadata": d.metadata}
-        for d in read_jsonl(DEMO_CORPUS)
-    ]
+    docs = [{"id": d.id, "text": d.text, "metadata": d.metadata} for d in read_jsonl(DEMO_CORPUS)]
     assert len(docs) >= 1000
     with httpx.Client(base_url=stack["base"], timeout=120) as client:
         r = client.post("/v1/collections", json={"name": "cranfield"})

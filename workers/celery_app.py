@@ -10,19 +10,13 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kombu import Queue
 
 from core.settings import Settings, get_settings
+from service.dispatch import QUEUE_CPU, QUEUE_GPU, TASK_QUEUES
 
 logger = logging.getLogger(__name__)
-
-TASK_INGEST = "quarry.ingest"
-TASK_COMPACT = "quarry.compact"
-QUEUE_GPU = "gpu"
-QUEUE_CPU = "cpu"
-# Embedding wants the accelerator; compaction (FAISS training on vectors) runs on CPU.
-TASK_QUEUES = {TASK_INGEST: QUEUE_GPU, TASK_COMPACT: QUEUE_CPU}
 
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
@@ -67,11 +61,36 @@ def _refuse_unmigrated(**_: Any) -> None:
 
 
 @worker_process_init.connect
-def _fresh_runtime(**_: Any) -> None:
+def _fresh_container(**_: Any) -> None:
     # A forked child must not reuse the parent's database connections.
-    from workers.runtime import set_runtime
+    from workers.tasks import set_container
 
-    set_runtime(None)
+    set_container(None)
+
+
+_housekeeper: Any = None
+
+
+@worker_ready.connect
+def _start_housekeeping(**_: Any) -> None:
+    """The worker's main process reaps lost jobs and removes stale segment files."""
+    global _housekeeper
+    from service import build
+    from service.jobs import Housekeeper, collect_garbage, reap
+
+    container = build(get_settings())
+    try:
+        collect_garbage(container)  # leftovers of a crash, at start-up
+        reap(container)
+    except Exception:
+        logger.exception("Start-up housekeeping failed; the periodic round will retry")
+    _housekeeper = Housekeeper(container).start()
+
+
+@worker_shutdown.connect
+def _stop_housekeeping(**_: Any) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stop()
 
 
 _app: Celery | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Task, shared_task
@@ -10,9 +11,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from core.errors import QuarryError
-from workers.celery_app import TASK_COMPACT, TASK_INGEST
-from workers.jobs import fail_job, run_compact, run_ingest
-from workers.runtime import get_runtime
+from core.settings import get_settings
+from service import Container, build
+from service.dispatch import TASK_COMPACT, TASK_INGEST, TASK_REAP
+from service.jobs import fail_job, reap, run_compact, run_ingest
 
 logger = logging.getLogger(__name__)
 
@@ -25,25 +27,44 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 )
 MAX_RETRIES = 5
 
+_container: Container | None = None
+_lock = threading.Lock()
+
+
+def get_container() -> Container:
+    """The worker process's container, built on first use (after the fork)."""
+    global _container
+    with _lock:
+        if _container is None:
+            _container = build(get_settings())
+        return _container
+
+
+def set_container(container: Container | None) -> None:
+    """Install (or clear) the process's container; the fork hook and tests use it."""
+    global _container
+    with _lock:
+        _container = container
+
 
 def _run(task: Task, runner: Any, job_id: str) -> int:
-    rt = get_runtime()
+    c = get_container()
     try:
-        return int(runner(rt, job_id))
+        return int(runner(c, job_id))
     except QuarryError as exc:  # a domain error will not heal by retrying
         logger.warning("Job %s failed: %s", job_id, exc.message)
-        fail_job(rt, job_id, exc.message)
+        fail_job(c, job_id, exc.message)
         return 0
     except TRANSIENT as exc:
         if task.request.retries >= MAX_RETRIES:
-            fail_job(rt, job_id, f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}")
+            fail_job(c, job_id, f"gave up after {MAX_RETRIES} retries: {type(exc).__name__}")
             raise
         delay = min(2 ** (task.request.retries + 1), 60)
         logger.warning("Job %s: transient %s, retrying in %ss", job_id, type(exc).__name__, delay)
         raise task.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES) from exc
     except Exception as exc:
         logger.exception("Job %s crashed", job_id)
-        fail_job(rt, job_id, f"internal error ({type(exc).__name__}); see worker logs")
+        fail_job(c, job_id, f"internal error ({type(exc).__name__}); see worker logs")
         raise
 
 
@@ -57,3 +78,10 @@ def ingest(self: Task, job_id: str) -> int:
 def compact(self: Task, job_id: str) -> int:
     """Merge a collection's segments into one index of its spec."""
     return _run(self, run_compact, job_id)
+
+
+@shared_task(name=TASK_REAP)
+def reap_jobs() -> int:
+    """Re-dispatch lost jobs now (the housekeeping thread does it periodically too)."""
+    report = reap(get_container())
+    return len(report.expired) + len(report.resent)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import ReadScope, SessionDep, StateDep, WriteScope
+from api.deps import ContainerDep, ReadScope, StateDep, WriteScope
 from api.schemas import (
     DeletedPublic,
     DocumentPublic,
@@ -13,11 +13,10 @@ from api.schemas import (
     IngestAccepted,
     JobPublic,
 )
-from core import documents as repo
-from core.collections import get_collection
-from core.errors import InvalidRequest, PayloadTooLarge, QuarryError
-from core.jobs import create_job, finish
+from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import Document, JobKind
+from service import documents as use
+from service.ingest import ingest
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
 
@@ -35,10 +34,10 @@ def _public(doc: Document) -> DocumentPublic:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteScope])
 def ingest_documents(
-    name: str, body: DocumentsIngest, session: SessionDep, state: StateDep
+    name: str, body: DocumentsIngest, c: ContainerDep, state: StateDep
 ) -> IngestAccepted:
     """Store documents and queue a job that embeds and indexes them."""
-    limits = state.runtime.settings.limits
+    limits = c.settings.limits
     if len(body.documents) > limits.max_batch_docs:
         raise PayloadTooLarge(
             f"{len(body.documents)} documents in one request; the limit is "
@@ -50,55 +49,31 @@ def ingest_documents(
                 f"Document {doc.id!r} has {len(doc.text)} characters; the limit is "
                 f"{limits.max_text_chars}"
             )
-    coll = get_collection(session, name)
-    job = create_job(session, JobKind.INGEST, collection_id=coll.id)
-    result = repo.upsert_documents(
-        session,
-        coll,
-        [repo.DocumentIn(d.id, d.text, d.metadata) for d in body.documents],
-        job_id=job.id,
-    )
-    job.total = len(result.pending_ids)
-    job.skipped = result.unchanged
-    if not result.pending_ids:
-        finish(session, job)
-    session.commit()
-    if result.pending_ids:
-        try:
-            state.dispatcher.submit(JobKind.INGEST, job.id)
-        except QuarryError as exc:
-            finish(session, job, error=exc.message)
-            session.commit()
-            raise
+    outcome = ingest(c, name, body.documents)
+    if outcome.queued:
         state.metrics.jobs_enqueued.labels(JobKind.INGEST).inc()
     return IngestAccepted(
-        job=JobPublic.of(job, coll.name),
-        created=result.created,
-        updated=result.updated,
-        unchanged=result.unchanged,
+        job=JobPublic.of(outcome.job),
+        created=outcome.created,
+        updated=outcome.updated,
+        unchanged=outcome.unchanged,
     )
 
 
-@router.get("/{doc_id}", dependencies=[ReadScope])
-def get_document(name: str, doc_id: str, session: SessionDep) -> DocumentPublic:
+# ``:path`` so that ids containing "/" (accepted at ingest) can be fetched and deleted too.
+@router.get("/{doc_id:path}", dependencies=[ReadScope])
+def get_document(name: str, doc_id: str, c: ContainerDep) -> DocumentPublic:
     """Fetch one document by its id."""
-    coll = get_collection(session, name)
-    return _public(repo.get_document(session, coll.id, doc_id))
+    return _public(use.get_document(c, name, doc_id))
 
 
-@router.delete("/{doc_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteScope])
-def delete_document(name: str, doc_id: str, session: SessionDep) -> None:
+@router.delete("/{doc_id:path}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteScope])
+def delete_document(name: str, doc_id: str, c: ContainerDep) -> None:
     """Delete one document; it disappears from search at once."""
-    coll = get_collection(session, name)
-    repo.get_document(session, coll.id, doc_id)  # 404 for an unknown id
-    repo.delete_documents(session, coll, [doc_id])
-    session.commit()
+    use.delete_document(c, name, doc_id)
 
 
 @router.post("/delete", dependencies=[WriteScope])
-def delete_documents(name: str, body: DocumentsDelete, session: SessionDep) -> DeletedPublic:
+def delete_documents(name: str, body: DocumentsDelete, c: ContainerDep) -> DeletedPublic:
     """Delete many documents by id; unknown ids are ignored."""
-    coll = get_collection(session, name)
-    deleted = repo.delete_documents(session, coll, body.ids)
-    session.commit()
-    return DeletedPublic(deleted=deleted)
+    return DeletedPublic(deleted=use.delete_documents(c, name, body.ids))

@@ -7,7 +7,7 @@ import base64
 import numpy as np
 from fastapi import APIRouter
 
-from api.deps import ReadScope, StateDep, check_model_allowed
+from api.deps import ContainerDep, ReadScope, StateDep
 from api.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -17,35 +17,38 @@ from api.schemas import (
 )
 from core.errors import InvalidRequest, PayloadTooLarge
 from embedder import EmbedKind
+from service.embed import embed as embed_texts
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 
 
 def _embed(
-    state: StateDep, texts: list[str], model: str | None, kind: EmbedKind, normalize: bool
+    c: ContainerDep,
+    state: StateDep,
+    texts: list[str],
+    model: str | None,
+    kind: EmbedKind,
+    normalize: bool,
 ) -> tuple[str, np.ndarray, int]:
-    limits = state.runtime.settings.limits
+    limits = c.settings.limits
     if len(texts) > limits.max_embed_inputs:
         raise PayloadTooLarge(
             f"{len(texts)} inputs in one request; the limit is {limits.max_embed_inputs}"
         )
     for i, text in enumerate(texts):
-        if not text:
+        if not text.strip():
             raise InvalidRequest(f"Input {i} is empty")
         if len(text) > limits.max_text_chars:
             raise InvalidRequest(f"Input {i} exceeds {limits.max_text_chars} characters")
-    name = model or state.runtime.settings.embedder.default_model
-    check_model_allowed(state.runtime.settings, name)
-    embedder = state.runtime.embedders.get(name)
-    vectors = embedder.embed(texts, kind=kind, normalize=normalize)
-    state.metrics.embedded_texts.labels(name).inc(len(texts))
-    return name, vectors, sum(embedder.count_tokens(texts))
+    out = embed_texts(c, texts, model=model, kind=kind, normalize=normalize)
+    state.metrics.embedded_texts.labels(out.model).inc(len(texts))
+    return out.model, out.vectors, out.tokens
 
 
 @router.post("/embed", dependencies=[ReadScope])
-def embed(body: EmbedRequest, state: StateDep) -> EmbedResponse:
+def embed(body: EmbedRequest, c: ContainerDep, state: StateDep) -> EmbedResponse:
     """Embed texts as queries or documents."""
-    name, vectors, tokens = _embed(state, body.inputs, body.model, body.kind, body.normalize)
+    name, vectors, tokens = _embed(c, state, body.inputs, body.model, body.kind, body.normalize)
     return EmbedResponse(
         model=name,
         dim=int(vectors.shape[1]),
@@ -55,7 +58,9 @@ def embed(body: EmbedRequest, state: StateDep) -> EmbedResponse:
 
 
 @router.post("/embeddings", dependencies=[ReadScope])
-def openai_embeddings(body: OpenAIEmbeddingsRequest, state: StateDep) -> OpenAIEmbeddingsResponse:
+def openai_embeddings(
+    body: OpenAIEmbeddingsRequest, c: ContainerDep, state: StateDep
+) -> OpenAIEmbeddingsResponse:
     """OpenAI-compatible embeddings (works with the official ``openai`` client)."""
     raw = body.input
     if isinstance(raw, str):
@@ -66,7 +71,7 @@ def openai_embeddings(body: OpenAIEmbeddingsRequest, state: StateDep) -> OpenAIE
         raise InvalidRequest(
             "`input` must be a string or a list of strings; token ids are not supported"
         )
-    name, vectors, tokens = _embed(state, texts, body.model, "document", True)
+    name, vectors, tokens = _embed(c, state, texts, body.model, "document", True)
     if body.dimensions is not None and body.dimensions != vectors.shape[1]:
         raise InvalidRequest(
             f"Model {name!r} produces {vectors.shape[1]}-dim vectors; `dimensions` "

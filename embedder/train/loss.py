@@ -1,4 +1,4 @@
-"""InfoNCE with in-batch and hard negatives (PAPERS.md §1's training objective).
+"""InfoNCE with in-batch and hard negatives (the training objective of ``docs/methods.md``).
 
 Query ``i`` is scored against every document of the batch: all positives (its own and the
 other queries', the in-batch negatives) and all hard negatives. Scores are cosine

@@ -1,4 +1,4 @@
-"""Contrastive fine-tuning of LLM embedders with GradCache (PAPERS.md §1's recipe).
+"""Contrastive fine-tuning of LLM embedders with GradCache (the recipe of ``docs/methods.md``).
 
 One optimizer step sees ``batch_size`` examples. Every query is scored against all
 positives and hard negatives of the step (:func:`~embedder.train.loss.info_nce_loss`), so the
@@ -53,7 +53,7 @@ from embedder.base import resolve_device
 from embedder.batching import pad_rows
 from embedder.llm.config import CONFIG_NAME, get_preset
 from embedder.llm.model import LLMEmbedder, LLMEmbeddingModel
-from embedder.llm.names import LLM_MODELS
+from embedder.llm.names import packaged_llm
 from embedder.train.data import TrainExample, check_examples
 from embedder.train.loss import DEFAULT_TEMPERATURE, info_nce_loss
 
@@ -335,7 +335,7 @@ class EmbedderTrainer:
     def _build_model(self) -> LLMEmbeddingModel:
         cfg = self.config
         source = cfg.backbone
-        if source not in LLM_MODELS and Path(source).expanduser().exists():
+        if packaged_llm(source) is None and Path(source).expanduser().exists():
             # Recorded in the saved config: absolute, so the model loads from anywhere.
             source = str(Path(source).expanduser().resolve())
         model = LLMEmbeddingModel.from_preset(

@@ -238,8 +238,8 @@ def test_health_ready_metrics(client: TestClient) -> None:
 
 def test_api_keys_and_scopes(sqlite_settings) -> None:
     from api.app import create_app
-    from api.auth import create_key
     from core.db import make_engine, make_session_factory, session_scope
+    from service.keys import create_key
 
     sqlite_settings.api_keys = ["static-admin-key-0123456789"]
     engine = make_engine(sqlite_settings.resolved_database_url)

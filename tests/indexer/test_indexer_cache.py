@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,11 @@ def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the segments loaded from disk, in order."""
     seen: list[str] = []
 
-    def counting_load(path: Path, *, use_gpu: bool = False) -> LoadedSegment:
+    def counting_load(
+        path: Path, *, use_gpu: bool = False, checksums: Mapping[str, str] | None = None
+    ) -> LoadedSegment:
         seen.append(path.name)
-        return load_segment(path, use_gpu=use_gpu)
+        return load_segment(path, use_gpu=use_gpu, checksums=checksums)
 
     monkeypatch.setattr(cache_mod, "load_segment", counting_load)
     return seen

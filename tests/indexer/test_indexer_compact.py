@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
 from indexer.compact import compact_vectors
 from indexer.search import search_segments
 from indexer.segment import load_segment, new_segment_name, write_segment
@@ -65,7 +65,7 @@ def test_rebuilt_ivf_segment_finds_every_vector(tmp_path: Path, make_vectors: Ma
 
 def test_compaction_refuses_inconsistent_input(tmp_path: Path, make_vectors: MakeVectors) -> None:
     paths, _, _ = _write_segments(tmp_path, make_vectors)
-    with pytest.raises(IndexError_, match="more than once"):
+    with pytest.raises(SegmentCorrupt, match="more than once"):
         compact_vectors([paths[0], paths[0]], np.array([], np.int64))
     wide = write_segment(
         tmp_path,
@@ -76,7 +76,7 @@ def test_compaction_refuses_inconsistent_input(tmp_path: Path, make_vectors: Mak
         vectors=make_vectors(5, dim=16),
         ids=np.arange(5),
     )
-    with pytest.raises(IndexError_, match="different dims"):
+    with pytest.raises(SegmentCorrupt, match="different dims"):
         compact_vectors([paths[0], wide], np.array([], np.int64))
     with pytest.raises(InvalidRequest, match="at least one segment"):
         compact_vectors([], np.array([], np.int64))

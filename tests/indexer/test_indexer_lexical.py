@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
 from indexer.lexical import (
     LEXICAL_FILE,
     LEXICAL_VOCAB_FILE,
@@ -123,7 +123,7 @@ def test_merge_drops_terms_only_dropped_docs_used() -> None:
     b = build_lexical(["gene cell"], np.array([3]))
     merged = merge_lexical([a, b], np.array([2]))
     assert merged.vocab == {"cell": 0, "gene": 1, "insulin": 2}
-    with pytest.raises(IndexError_, match="same id"):
+    with pytest.raises(SegmentCorrupt, match="same id"):
         merge_lexical([a, a], np.empty(0, np.int64))
     with pytest.raises(InvalidRequest):
         merge_lexical([], np.empty(0, np.int64))
@@ -227,13 +227,13 @@ def test_load_refuses_broken_or_foreign_files(tmp_path: Path) -> None:
     vocab_path = tmp_path / LEXICAL_VOCAB_FILE
     doc = json.loads(vocab_path.read_text(encoding="utf-8"))
     vocab_path.write_text(json.dumps({**doc, "analyzer": "other"}), encoding="utf-8")
-    with pytest.raises(IndexError_, match="analyzer"):
+    with pytest.raises(SegmentCorrupt, match="analyzer"):
         load_lexical(tmp_path)
     vocab_path.write_text(json.dumps({**doc, "terms": ["cell"]}), encoding="utf-8")
-    with pytest.raises(IndexError_):
+    with pytest.raises(SegmentCorrupt):
         load_lexical(tmp_path)
     vocab_path.unlink()
-    with pytest.raises(IndexError_, match="unreadable"):
+    with pytest.raises(SegmentCorrupt, match="unreadable"):
         load_lexical(tmp_path)
     (tmp_path / LEXICAL_FILE).unlink()
     assert load_lexical(tmp_path) is None

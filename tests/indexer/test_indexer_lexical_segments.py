@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
 from indexer import segment as segment_mod
 from indexer.cache import SegmentCache
 from indexer.compact import compact_lexical, compact_vectors
@@ -122,9 +122,9 @@ def test_missing_lexical_files_are_detected(tmp_path: Path, make_vectors: MakeVe
     paths, _, _ = _write(tmp_path, make_vectors)
     (paths[0] / LEXICAL_FILE).unlink()
     (paths[0] / LEXICAL_VOCAB_FILE).unlink()
-    with pytest.raises(IndexError_, match="lexical"):
+    with pytest.raises(SegmentCorrupt, match="lexical"):
         load_segment(paths[0])
-    with pytest.raises(IndexError_, match="lexical"):
+    with pytest.raises(SegmentCorrupt, match="lexical"):
         read_lexical(paths[0])
 
 

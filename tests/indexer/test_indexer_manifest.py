@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import make_engine, make_session_factory, session_scope
-from core.errors import CollectionNotFound, Conflict, IndexError_, InvalidRequest
+from core.errors import CollectionNotFound, Conflict, InvalidRequest, QuarryError
 from core.migrate import upgrade
 from core.models import Collection, DocState, Document, Segment
 from indexer.manifest import (
@@ -223,7 +223,7 @@ def test_replace_segments_refuses_unsafe_swaps(factory: sessionmaker[Session]) -
                 job_id=None,
             )
 
-    with pytest.raises(IndexError_, match="would drop 1 live documents"):
+    with pytest.raises(QuarryError, match="would drop 1 live documents"):
         replace(["seg-1"], ids[:2])
     with pytest.raises(InvalidRequest, match="not in the retired segments"):
         replace(["seg-1"], ids[:4])
@@ -241,7 +241,7 @@ def test_retire_segments_when_everything_was_deleted(factory: sessionmaker[Sessi
     _delete(factory, ids[:3])
     with session_scope(factory) as s:
         coll = lock_collection(s, cid)
-        with pytest.raises(IndexError_, match="live documents"):
+        with pytest.raises(QuarryError, match="live documents"):
             retire_segments(s, coll, retired=active_segments(s, cid))
     with session_scope(factory) as s:
         coll = lock_collection(s, cid)
@@ -250,3 +250,36 @@ def test_retire_segments_when_everything_was_deleted(factory: sessionmaker[Sessi
         assert [g.name for g in active_segments(s, cid)] == ["seg-2"]
         np.testing.assert_array_equal(tombstone_ids(s, cid), [ids[2]])
         assert s.get(Collection, cid).manifest_version == 3  # type: ignore[union-attr]
+
+
+def test_checksums_are_stored_on_segment_rows(factory: sessionmaker[Session]) -> None:
+    cid, ids = _collection(factory, 4)
+    sums = {"index.faiss": "sha256:" + "a" * 64, "meta.json": "sha256:" + "b" * 64}
+    with session_scope(factory) as s:
+        coll = lock_collection(s, cid)
+        commit_segment(
+            s, coll, name="seg-1", spec="Flat", n_vectors=2, doc_ids=ids[:2], job_id=None,
+            checksums=sums,
+        )  # fmt: skip
+    _commit(factory, cid, "legacy", ids[2:])  # no checksums: stored as NULL
+    with session_scope(factory) as s:
+        assert {g.name: g.checksums for g in active_segments(s, cid)} == {
+            "seg-1": sums,
+            "legacy": None,
+        }
+        coll = lock_collection(s, cid)
+        new_sums = {"index.faiss": "sha256:" + "c" * 64}
+        replace_segments(
+            s, coll, retired=active_segments(s, cid), name="seg-2", spec="Flat", n_vectors=4,
+            kept_doc_ids=ids, job_id=None, checksums=new_sums,
+        )  # fmt: skip
+    with session_scope(factory) as s:
+        assert [(g.name, g.checksums) for g in active_segments(s, cid)] == [("seg-2", new_sums)]
+    with (
+        pytest.raises(InvalidRequest, match="invalid checksum"),
+        session_scope(factory) as s,
+    ):
+        commit_segment(
+            s, lock_collection(s, cid), name="bad", spec="Flat", n_vectors=0, doc_ids=[],
+            job_id=None, checksums={"index.faiss": "md5:123"},
+        )  # fmt: skip

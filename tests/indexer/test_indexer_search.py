@@ -5,7 +5,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
 from indexer import search as search_mod
 from indexer.search import search_segments
 from indexer.segment import LoadedSegment
@@ -185,7 +185,7 @@ def test_argument_checks(make_vectors: MakeVectors) -> None:
         search_segments(segments, q, 0, metric="ip")
     with pytest.raises(InvalidRequest, match=r"shape \(n, 32\)"):
         search_segments(segments, q[0], 3, metric="ip")
-    with pytest.raises(IndexError_, match="is ip"):
+    with pytest.raises(SegmentCorrupt, match="is ip"):
         search_segments(segments, q, 3, metric="l2")
     with pytest.raises(InvalidRequest, match="exclude_ids"):
         search_segments(segments, q, 3, metric="ip", exclude_ids=np.zeros((2, 2), np.int64))

@@ -9,7 +9,7 @@ import faiss
 import numpy as np
 import pytest
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidRequest, QuarryError, SegmentCorrupt
 from indexer import segment as segment_mod
 from indexer.segment import (
     delete_segment_files,
@@ -40,6 +40,7 @@ def test_round_trip(tmp_path: Path, make_vectors: MakeVectors, spec: str) -> Non
 
     assert path.parent == tmp_path / "7"
     assert sorted(p.name for p in path.iterdir()) == [
+        "checksums.json",
         "ids.npy",
         "index.faiss",
         "meta.json",
@@ -80,8 +81,9 @@ def test_prebuilt_index_is_used(tmp_path: Path, make_vectors: MakeVectors) -> No
 def test_existing_segment_is_a_bug(tmp_path: Path, make_vectors: MakeVectors) -> None:
     x = make_vectors(10)
     write_segment(tmp_path, 1, "seg", spec="Flat", metric="l2", vectors=x, ids=np.arange(10))
-    with pytest.raises(IndexError_, match="already exists"):
+    with pytest.raises(QuarryError, match="already exists") as info:
         write_segment(tmp_path, 1, "seg", spec="Flat", metric="l2", vectors=x, ids=np.arange(10))
+    assert not isinstance(info.value, SegmentCorrupt)  # a bug, not a damaged file
 
 
 @pytest.mark.parametrize("name", ["", "../evil", ".hidden", "a/b", "x" * 65])
@@ -147,8 +149,12 @@ def test_delete_segment_files_is_careful(tmp_path: Path, make_vectors: MakeVecto
     path = _write(tmp_path, make_vectors(5), np.arange(5))
     other = tmp_path / "7" / "precious"
     other.mkdir()
-    with pytest.raises(IndexError_, match="not a segment directory"):
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(QuarryError, match="not a segment directory"):
         delete_segment_files(other)
+    with pytest.raises(QuarryError, match="not a segment directory"):
+        delete_segment_files(tmp_path / "7")  # the collection directory is not a segment
+    assert (other / "notes.txt").read_text() == "keep me"
     delete_segment_files(path)
     assert not path.exists()
     delete_segment_files(path)  # already gone: fine
@@ -166,13 +172,13 @@ def test_inconsistent_or_foreign_segments_are_refused(
 ) -> None:
     path = _write(tmp_path, make_vectors(5), np.arange(5))
     np.save(path / "ids.npy", np.arange(4, dtype=np.int64))
-    with pytest.raises(IndexError_, match="inconsistent"):
+    with pytest.raises(SegmentCorrupt, match="inconsistent"):
         load_segment(path)
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps({**meta, "format_version": 99}))
-    with pytest.raises(IndexError_, match="format version 99"):
+    with pytest.raises(SegmentCorrupt, match="format version 99"):
         read_meta(path)
-    with pytest.raises(IndexError_, match=r"meta\.json"):
+    with pytest.raises(SegmentCorrupt, match=r"meta\.json"):
         read_meta(tmp_path)
 
 

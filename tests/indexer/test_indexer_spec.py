@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from core.errors import IndexError_, InvalidRequest
+from core.errors import InvalidIndexSpec, InvalidRequest
 from indexer.spec import (
     build_index,
     find_hnsw,
@@ -70,7 +70,7 @@ def test_cosine_normalises_a_copy(make_vectors: MakeVectors) -> None:
     ],
 )
 def test_bad_spec_is_explained(spec: str, fragment: str) -> None:
-    with pytest.raises(IndexError_, match=fragment) as info:
+    with pytest.raises(InvalidIndexSpec, match=fragment) as info:
         validate_spec(spec, DIM)
     assert "/project/" not in info.value.message  # no C++ source paths leak
     if spec not in ("", "IVF0,Flat"):
@@ -108,13 +108,13 @@ def test_min_training_vectors_is_exact(spec: str, make_vectors: MakeVectors) -> 
     need = min_training_vectors(spec, DIM)
     x = make_vectors(need)
     build_index(spec, DIM, "l2", x, np.arange(need))
-    with pytest.raises(IndexError_):
+    with pytest.raises(InvalidIndexSpec):
         build_index(spec, DIM, "l2", x[:-1], np.arange(need - 1))
 
 
 def test_too_few_vectors_says_how_many(make_vectors: MakeVectors) -> None:
     x = make_vectors(10)
-    with pytest.raises(IndexError_, match=r"needs at least 16 vectors.*only 10") as info:
+    with pytest.raises(InvalidIndexSpec, match=r"needs at least 16 vectors.*only 10") as info:
         build_index("IVF16,Flat", DIM, "l2", x, np.arange(10))
     assert info.value.code == "index_error"
 

@@ -1,4 +1,4 @@
-"""Helpers shared by every ``quarry`` sub-command module (kept apart from ``core.cli``, which
+"""Helpers shared by every ``quarry`` sub-command module (kept apart from ``cli.main``, which
 imports those modules to register them)."""
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cli.train import app
 from embedder import load_embedder
 from embedder.llm import CONFIG_NAME, tiny_backbone, tiny_tokenizer
-from embedder.train.cli import app
 from embedder.train.data import read_examples
 from embedder.train.trainer import TRAINING_RECORD, latest_checkpoint
 
@@ -28,7 +28,7 @@ def _no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Keep core's stderr log handler off CliRunner's short-lived stream; one torch thread."""
     from core.settings import Settings
 
-    monkeypatch.setattr("embedder.train.cli.setup_cli", lambda: Settings(env="test"))
+    monkeypatch.setattr("cli.train.setup_cli", lambda: Settings(env="test"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -18,8 +18,7 @@ from core.jobs import create_job
 from core.models import DocState, Document, Job, JobKind, JobState, Segment
 from core.settings import Settings
 from indexer import active_segments, read_vectors
-from workers import jobs
-from workers.runtime import Runtime
+from service import Container, build, jobs
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ TEXTS = [
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
-def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]:
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
     from core.migrate import upgrade
 
     if request.param == "sqlite":
@@ -43,12 +42,12 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]
         settings = Settings(data_dir=tmp_path, database_url=request.getfixturevalue("pg_url"))
     settings.index.segment_max_docs = 16  # several segments per job
     upgrade(settings.resolved_database_url)
-    rt = Runtime.create(settings)
-    yield rt
-    rt.close()
+    c = build(settings)
+    yield c
+    c.close()
 
 
-def _job(rt: Runtime, texts: list[str] = TEXTS) -> tuple[int, str]:
+def _job(rt: Container, texts: list[str] = TEXTS) -> tuple[int, str]:
     with session_scope(rt.sessions) as s:
         coll = create_collection(
             s, name=f"c{uuid.uuid4().hex[:8]}", embedder="all-MiniLM-L6-v2", dim=384
@@ -61,14 +60,14 @@ def _job(rt: Runtime, texts: list[str] = TEXTS) -> tuple[int, str]:
         return coll.id, job.id
 
 
-def _indexed_vector_ids(rt: Runtime, cid: int) -> np.ndarray:
+def _indexed_vector_ids(rt: Container, cid: int) -> np.ndarray:
     with session_scope(rt.sessions) as s:
         names = [seg.name for seg in active_segments(s, cid)]
     parts = [read_vectors(rt.segments_root / str(cid) / n)[0] for n in names]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def test_ingest_indexes_everything_once_and_rerun_is_noop(runtime: Runtime) -> None:
+def test_ingest_indexes_everything_once_and_rerun_is_noop(runtime: Container) -> None:
     cid, job_id = _job(runtime)
     assert jobs.run_ingest(runtime, job_id) == len(TEXTS)
     ids = _indexed_vector_ids(runtime, cid)
@@ -86,7 +85,7 @@ def test_ingest_indexes_everything_once_and_rerun_is_noop(runtime: Runtime) -> N
     assert len(_indexed_vector_ids(runtime, cid)) == len(TEXTS)
 
 
-def test_duplicate_concurrent_tasks_do_not_duplicate_vectors(runtime: Runtime) -> None:
+def test_duplicate_concurrent_tasks_do_not_duplicate_vectors(runtime: Container) -> None:
     cid, job_id = _job(runtime)
     errors: list[BaseException] = []
 
@@ -110,7 +109,7 @@ def test_duplicate_concurrent_tasks_do_not_duplicate_vectors(runtime: Runtime) -
 
 
 def test_crash_before_commit_leaves_nothing_visible(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+    runtime: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cid, job_id = _job(runtime)
 
@@ -131,7 +130,7 @@ def test_crash_before_commit_leaves_nothing_visible(
     assert jobs.run_ingest(runtime, job_id) == len(TEXTS)  # the retry completes the job
 
 
-def test_compaction_merges_and_drops_tombstones(runtime: Runtime) -> None:
+def test_compaction_merges_and_drops_tombstones(runtime: Container) -> None:
     cid, job_id = _job(runtime)
     jobs.run_ingest(runtime, job_id)
     with session_scope(runtime.sessions) as s:
@@ -157,7 +156,7 @@ def test_compaction_merges_and_drops_tombstones(runtime: Runtime) -> None:
     assert len(ids) == len(TEXTS) - 2
 
 
-def _compact(rt: Runtime, cid: int, spec: str) -> tuple[int, Job]:
+def _compact(rt: Container, cid: int, spec: str) -> tuple[int, Job]:
     with session_scope(rt.sessions) as s:
         job_id = create_job(s, JobKind.COMPACT, collection_id=cid, params={"index_spec": spec}).id
     n = jobs.run_compact(rt, job_id)
@@ -165,7 +164,7 @@ def _compact(rt: Runtime, cid: int, spec: str) -> tuple[int, Job]:
         return n, s.get(Job, job_id)
 
 
-def test_compaction_falls_back_to_flat_when_too_few_to_train(runtime: Runtime) -> None:
+def test_compaction_falls_back_to_flat_when_too_few_to_train(runtime: Container) -> None:
     cid, job_id = _job(runtime)
     jobs.run_ingest(runtime, job_id)
     n, job = _compact(runtime, cid, "IVF256,Flat")
@@ -173,7 +172,7 @@ def test_compaction_falls_back_to_flat_when_too_few_to_train(runtime: Runtime) -
     assert job.params["built_spec"] == "Flat"
 
 
-def test_compaction_of_a_fully_deleted_collection_retires_everything(runtime: Runtime) -> None:
+def test_compaction_of_a_fully_deleted_collection_retires_everything(runtime: Container) -> None:
     cid, job_id = _job(runtime)
     jobs.run_ingest(runtime, job_id)
     with session_scope(runtime.sessions) as s:

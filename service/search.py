@@ -1,7 +1,9 @@
 """Search over a collection: dense (FAISS), lexical (BM25) or hybrid (reciprocal rank fusion).
 
 The manifest is read once; both indexes are fanned out over the same live segments with
-the same tombstones and metadata allow-list; the documents are fetched last."""
+the same tombstones and metadata allow-list; the documents are fetched last. Segment files
+are verified against the manifest's checksums when they are loaded: a corrupt segment is a
+:class:`~core.errors.SegmentCorrupt` (5xx) naming the collection, never silently fewer hits."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.collections import get_collection
 from core.db import session_scope
 from core.documents import documents_by_ids, filtered_ids
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, SegmentCorrupt
 from embedder import EmbedderPool
 from indexer.cache import SegmentCache
 from indexer.fusion import rrf
@@ -67,6 +69,8 @@ class Searcher:
         rrf_k: int = 60,
     ) -> SearchResult:
         """Top-``k`` documents for ``query``: dense (FAISS), lexical (BM25) or hybrid (RRF)."""
+        if not query.strip():
+            raise InvalidRequest("The query is empty (only whitespace)")
         if mode not in SEARCH_MODES:
             raise InvalidRequest(f"Invalid mode {mode!r}. Valid modes: {', '.join(SEARCH_MODES)}")
         timings: dict[str, float] = {}
@@ -80,6 +84,7 @@ class Searcher:
                 )
             segments = active_segments(s, coll.id)
             version, names = coll.manifest_version, [seg.name for seg in segments]
+            checksums = {seg.name: seg.checksums for seg in segments}
             tombstones = tombstone_ids(s, coll.id)
             allow = filtered_ids(s, coll.id, filters) if filters else None
             cid, metric, model = coll.id, coll.metric, coll.embedder
@@ -89,7 +94,12 @@ class Searcher:
             return SearchResult([], timings)
 
         t = time.perf_counter()
-        loaded = self._cache.get(cid, version, names)
+        try:
+            loaded = self._cache.get(cid, version, names, checksums=checksums)
+        except SegmentCorrupt as exc:
+            exc.details = {**exc.details, "collection": collection}
+            exc.message = f"Collection {collection!r} is degraded: {exc.message}"
+            raise
         timings["load_ms"] = _ms(t)
         exclude = tombstones if len(tombstones) else None
         depth = max(k, HYBRID_DEPTH) if mode == "hybrid" else k

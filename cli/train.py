@@ -1,7 +1,7 @@
 """``quarry train``: fine-tune LLM embedders, and build their training data.
 
-Registered in :mod:`core.cli` as ``app.add_typer(embedder.train.cli.app, name="train")``.
-Importing this module is cheap (typer only); torch, the model code and :mod:`core.cli` itself
+Registered in :mod:`cli.main` as ``app.add_typer(cli.train.app, name="train")``.
+Importing this module is cheap (typer only); torch, the model code and :mod:`cli.main` itself
 (which imports this module) are imported inside the commands.
 """
 
@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from core.cli_support import friendly, setup_cli
+from cli.support import friendly, setup_cli
 
 if TYPE_CHECKING:
     from embedder.train.data import TrainExample
 
-app = typer.Typer(help="Train models: LLM embedders (PAPERS.md §1).", no_args_is_help=True)
+app = typer.Typer(
+    help="Train models: LLM embedders (designs and recipe: docs/methods.md).",
+    no_args_is_help=True,
+)
 
 logger = logging.getLogger("quarry.cli.train")
 
@@ -107,7 +110,9 @@ def embedder(
     data: DataOpt = None,
     beir: BeirOpt = None,
     split: SplitOpt = "train",
-    preset: Annotated[str, typer.Option(help="Design: design1 ... design5")] = "design5",
+    preset: Annotated[
+        str, typer.Option(help="Design: design1 ... design5 (docs/methods.md)")
+    ] = "design5",
     backbone: Annotated[
         str, typer.Option(help="Packaged LLM (smollm2), Hugging Face model directory or .gguf")
     ] = "smollm2",

@@ -1,4 +1,7 @@
-"""The ``quarry`` command line: serve, worker, db, index, search, compact, keys."""
+"""The ``quarry`` command line: serve, worker, db, index, search, compact, verify, keys.
+
+A thin adapter: each command parses its options, calls one use case of :mod:`service` on
+the container :func:`service.build` wires, and prints the outcome."""
 
 from __future__ import annotations
 
@@ -9,12 +12,12 @@ from typing import Annotated, Any
 
 import typer
 
-from core.cli_support import friendly
-from core.cli_support import setup_cli as _setup
+from cli.eval import app as eval_app
+from cli.support import friendly
+from cli.support import setup_cli as _setup
+from cli.train import app as train_app
 from core.errors import QuarryError
 from core.settings import Settings
-from embedder.train.cli import app as train_app
-from evaluation.cli import app as eval_app
 
 app = typer.Typer(help="Quarry: retrieval, embedding and ranking service.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
@@ -69,23 +72,18 @@ def serve(
 
 def _index_demo(settings: Settings) -> None:
     from core.ingest_files import DEMO_COLLECTION, DEMO_CORPUS, read_jsonl
-    from workers.batch import ensure_collection, index_documents
-    from workers.dispatch import make_dispatcher
-    from workers.runtime import Runtime
+    from service import build
+    from service.collections import ensure_collection
+    from service.ingest import index_documents
 
-    rt = Runtime.create(settings)
-    dispatcher = make_dispatcher(rt)
-    try:
-        ensure_collection(rt, DEMO_COLLECTION, embedder=None, index_spec="Flat")
-        report = index_documents(rt, dispatcher, DEMO_COLLECTION, read_jsonl(DEMO_CORPUS))
-        typer.echo(
-            f"Demo collection '{DEMO_COLLECTION}': {report.documents} Cranfield abstracts "
-            f"({report.indexed} newly indexed, {report.unchanged} already there). "
-            "Corpus attribution: core/demo/ATTRIBUTION.md"
-        )
-    finally:
-        dispatcher.close()
-        rt.close()
+    with build(settings) as c:
+        ensure_collection(c, DEMO_COLLECTION, index_spec="Flat")
+        report = index_documents(c, DEMO_COLLECTION, read_jsonl(DEMO_CORPUS))
+    typer.echo(
+        f"Demo collection '{DEMO_COLLECTION}': {report.documents} Cranfield abstracts "
+        f"({report.indexed} newly indexed, {report.unchanged} already there). "
+        "Corpus attribution: core/demo/ATTRIBUTION.md"
+    )
 
 
 @app.command()
@@ -97,8 +95,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Log level")] = "info",
 ) -> None:
     """Run a Celery worker for the given queues."""
-    from core.db import make_engine
-    from core.migrate import ensure_migrated
+    from service import build
     from workers.celery_app import create_celery_app
 
     settings = _setup()
@@ -107,11 +104,7 @@ def worker(
             "`quarry worker` needs QUARRY_BROKER_URL (e.g. redis://localhost:6379/0). "
             "In the embedded mode jobs run inside `quarry serve` and no worker is needed."
         )
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        ensure_migrated(engine)
-    finally:
-        engine.dispose()
+    build(settings).close()  # refuses an unmigrated schema with instructions
     celery = create_celery_app(settings)
     celery.worker_main(
         ["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "--loglevel", loglevel]
@@ -145,15 +138,11 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
 def db_current() -> None:
     """Show the schema revision of the database and the latest one."""
     from core import migrate as migrations
-    from core.db import make_engine
+    from service import build
 
-    settings = _setup()
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        typer.echo(f"current: {migrations.current_revision(engine)}")
+    with build(_setup(), check_schema=False) as c:
+        typer.echo(f"current: {migrations.current_revision(c.engine)}")
         typer.echo(f"head:    {migrations.head_revision()}")
-    finally:
-        engine.dispose()
 
 
 @app.command()
@@ -170,19 +159,14 @@ def index(
 ) -> None:
     """Batch-index a JSONL file into a collection, with a progress bar."""
     from core.ingest_files import read_jsonl
-    from workers.batch import ensure_collection, index_documents
-    from workers.dispatch import make_dispatcher
-    from workers.runtime import Runtime
+    from service import build
+    from service.collections import ensure_collection
+    from service.ingest import index_documents
 
-    settings = _setup()
-    rt = Runtime.create(settings)
-    dispatcher = make_dispatcher(rt)
-    try:
+    with build(_setup()) as c:
         if create:
-            ensure_collection(rt, collection, embedder=embedder, index_spec=index_spec)
-        report = index_documents(
-            rt, dispatcher, collection, read_jsonl(file), batch_size=batch_size, wait=wait
-        )
+            ensure_collection(c, collection, embedder=embedder, index_spec=index_spec)
+        report = index_documents(c, collection, read_jsonl(file), batch_size=batch_size, wait=wait)
         rate = report.indexed / report.seconds if report.seconds else 0.0
         typer.echo(
             f"{report.documents} documents: {report.created} new, {report.updated} updated, "
@@ -192,30 +176,19 @@ def index(
         if report.failed_jobs:
             raise QuarryError(f"{len(report.failed_jobs)} job(s) failed: {report.failed_jobs}")
         if compact and wait:
-            _compact(rt, dispatcher, collection, None)
-    finally:
-        dispatcher.close()
-        rt.close()
+            _compact(c, collection, None)
 
 
-def _compact(rt: Any, dispatcher: Any, collection: str, index_spec: str | None) -> None:
-    from core.collections import get_collection
-    from core.db import session_scope
-    from core.jobs import create_job
-    from core.models import JobKind, JobState
-    from indexer import validate_spec
-    from workers.batch import wait_for_job
+def _compact(c: Any, collection: str, index_spec: str | None) -> None:
+    from core.models import JobState
+    from service.collections import compact
+    from service.ingest import wait_for_job
 
-    with session_scope(rt.sessions) as s:
-        coll = get_collection(s, collection)
-        spec = index_spec or coll.index_spec
-        validate_spec(spec, coll.dim)
-        job = create_job(s, JobKind.COMPACT, collection_id=coll.id, params={"index_spec": spec})
-        job_id = job.id
-    dispatcher.submit(JobKind.COMPACT, job_id)
-    done = wait_for_job(rt, job_id)
-    if done.state == JobState.FAILED:
-        raise QuarryError(f"Compaction failed: {done.error}")
+    job = compact(c, collection, index_spec)
+    done = wait_for_job(c, job.id)
+    if done.state != JobState.SUCCEEDED:
+        raise QuarryError(f"Compaction {done.state}: {done.error}")
+    spec = done.params.get("built_spec") or done.params.get("index_spec")
     typer.echo(f"Compacted '{collection}' into one {spec} segment ({done.done} vectors)")
 
 
@@ -226,16 +199,35 @@ def compact_cmd(
     index_spec: Annotated[str | None, typer.Option(help="FAISS factory string")] = None,
 ) -> None:
     """Merge a collection's segments into one trained index."""
-    from workers.dispatch import make_dispatcher
-    from workers.runtime import Runtime
+    from service import build
 
-    rt = Runtime.create(_setup())
-    dispatcher = make_dispatcher(rt)
-    try:
-        _compact(rt, dispatcher, collection, index_spec)
-    finally:
-        dispatcher.close()
-        rt.close()
+    with build(_setup()) as c:
+        _compact(c, collection, index_spec)
+
+
+@app.command()
+@friendly
+def verify(
+    collection: Annotated[
+        str | None, typer.Argument(help="Collection name (default: every collection)")
+    ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(help="Rebuild corrupt segments: their documents are re-embedded from text"),
+    ] = False,
+) -> None:
+    """Check every segment file against the manifest's checksums (and repair with --repair)."""
+    from service import build
+    from service.integrity import verify as verify_collections
+
+    with build(_setup()) as c:
+        report = verify_collections(c, collection, repair=repair)
+    for line in report.lines():
+        typer.echo(line)
+    if report.corrupt and not repair:
+        raise QuarryError(
+            f"{len(report.corrupt)} corrupt segment(s); run `quarry verify --repair` to rebuild"
+        )
 
 
 @app.command()
@@ -251,23 +243,16 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
 ) -> None:
     """Search a collection from the command line (same code path as the API)."""
-    from indexer.cache import SegmentCache
-    from indexer.searcher import Searcher
-    from workers.runtime import Runtime
+    from service import build
 
-    settings = _setup()
     filters: dict[str, Any] = {}
     for item in filter_ or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise QuarryError(f"--filter expects key=value, got {item!r}")
         filters[key] = _parse_scalar(value)
-    rt = Runtime.create(settings)
-    try:
-        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
-        result = searcher.search(collection, text, k=k, filters=filters, mode=mode)  # type: ignore[arg-type]
-    finally:
-        rt.close()
+    with build(_setup()) as c:
+        result = c.searcher.search(collection, text, k=k, filters=filters, mode=mode)  # type: ignore[arg-type]
     if as_json:
         hits = [
             {"id": h.external_id, "score": h.score, "text": h.text, "metadata": h.metadata}
@@ -293,40 +278,47 @@ def _parse_scalar(value: str) -> Any:
 def keys_create(
     name: Annotated[str, typer.Argument(help="A label for the key")],
     scopes: Annotated[str, typer.Option(help="Comma-separated: read, write, admin")] = "read,write",
+    collection: Annotated[
+        list[str] | None,
+        typer.Option("--collection", help="Restrict the key to this collection (repeatable)"),
+    ] = None,
 ) -> None:
     """Create an API key and print it (shown once)."""
-    from api.auth import create_key
-    from core.db import make_engine, make_session_factory, session_scope
+    from core.db import session_scope
+    from service import build
+    from service.keys import create_key
 
-    settings = _setup()
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as s:
-            key = create_key(s, name, scopes)
-    finally:
-        engine.dispose()
+    with build(_setup()) as c, session_scope(c.sessions) as s:
+        key = create_key(s, name, scopes, collection or None)
     typer.echo(key)
 
 
 @keys_app.command("revoke")
 @friendly
 def keys_revoke(name: Annotated[str, typer.Argument(help="The key's label")]) -> None:
-    """Revoke an API key."""
-    from sqlalchemy import update
+    """Revoke an API key (refused by every API process within a second)."""
+    from core.db import session_scope
+    from service import build
+    from service.keys import revoke_key
 
-    from core.db import make_engine, make_session_factory, session_scope
-    from core.models import ApiKey
-
-    settings = _setup()
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as s:
-            res = s.execute(update(ApiKey).where(ApiKey.name == name).values(revoked=True))
-            if not getattr(res, "rowcount", 0):
-                raise QuarryError(f"No API key named {name!r}")
-    finally:
-        engine.dispose()
+    with build(_setup()) as c, session_scope(c.sessions) as s:
+        revoke_key(s, name)
     typer.echo(f"Revoked {name}")
+
+
+@keys_app.command("list")
+@friendly
+def keys_list() -> None:
+    """List API keys (names, scopes, collections, state; never the keys)."""
+    from core.db import session_scope
+    from service import build
+    from service.keys import list_keys
+
+    with build(_setup()) as c, session_scope(c.sessions) as s:
+        for key in list_keys(s):
+            where = ",".join(key.collections) if key.collections is not None else "*"
+            state = "revoked" if key.revoked else "active"
+            typer.echo(f"{key.name:<24} {key.scopes:<18} {where:<24} {state}")
 
 
 def main() -> None:

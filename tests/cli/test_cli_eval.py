@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from evaluation.cli import app
+from cli.eval import app
 
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -23,7 +23,7 @@ def _no_logging_setup(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process runs: keep core's stderr log handler off CliRunner's short-lived stream."""
     from core.settings import Settings
 
-    monkeypatch.setattr("evaluation.cli.setup_cli", lambda: Settings(env="test"))
+    monkeypatch.setattr("cli.eval.setup_cli", lambda: Settings(env="test"))
 
 
 def _rerank(tiny_trec: Path, out: Path, *extra: str):
@@ -322,7 +322,7 @@ def _quarry(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-c",
-            "from evaluation.cli import app; app(prog_name='quarry eval')",
+            "from cli.eval import app; app(prog_name='quarry eval')",
             *args,
         ],
         env=env,
@@ -351,13 +351,13 @@ def test_retrieval_cli_end_to_end(tiny_beir: Path, tmp_path: Path) -> None:
 
 
 def test_eval_is_registered_in_quarry() -> None:
-    import core.cli
+    import cli.main
 
-    names = [group.name for group in core.cli.app.registered_groups]
+    names = [group.name for group in cli.main.app.registered_groups]
     if "eval" not in names:
-        pytest.skip("core.cli does not register `quarry eval` yet (the lead adds it)")
+        pytest.skip("cli.main does not register `quarry eval` yet (the lead adds it)")
     out = subprocess.run(
-        [sys.executable, "-m", "core.cli", "eval", "--help"],
+        [sys.executable, "-m", "cli", "eval", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,

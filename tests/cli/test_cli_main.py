@@ -18,7 +18,7 @@ def _quarry(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env.pop("QUARRY_BROKER_URL", None)
     env.pop("QUARRY_DATABASE_URL", None)
     return subprocess.run(
-        [sys.executable, "-m", "core.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

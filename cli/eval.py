@@ -1,9 +1,9 @@
 """``quarry eval``: retrieval and reranking evaluation, scoring of precomputed runs, and run
 comparison with significance tests.
 
-Registered in :mod:`core.cli` as ``app.add_typer(evaluation.cli.app, name="eval")``. Importing
+Registered in :mod:`cli.main` as ``app.add_typer(cli.eval.app, name="eval")``. Importing
 this module is cheap (typer only); everything heavy is imported inside the commands, and so
-is :mod:`core.cli` itself, which imports this module.
+is :mod:`cli.main` itself, which imports this module.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from core.cli_support import friendly, setup_cli
+from cli.support import friendly, setup_cli
 
 if TYPE_CHECKING:
     from evaluation.metrics import EvalResult
@@ -202,21 +202,13 @@ def retrieval(
 
     settings = setup_cli()
     from core import migrate as migrations
-    from indexer.cache import SegmentCache
-    from indexer.searcher import Searcher
-    from workers.dispatch import make_dispatcher
-    from workers.runtime import Runtime
+    from service import build
 
     if migrate if migrate is not None else settings.is_embedded:
         migrations.upgrade(settings.resolved_database_url)
-    rt = Runtime.create(settings)
-    dispatcher = make_dispatcher(rt)
-    try:
-        searcher = Searcher(rt.sessions, rt.embedders, SegmentCache(rt.segments_root, False))
+    with build(settings) as c:
         result, run, timings = run_retrieval_eval(
-            rt,
-            dispatcher,
-            searcher,
+            c,
             dataset,
             collection=coll_name,
             mode=checked_mode,
@@ -228,10 +220,7 @@ def retrieval(
             metrics=metrics,
             show_progress=progress,
         )
-        coll_info = collection_config(rt, coll_name)
-    finally:
-        dispatcher.close()
-        rt.close()
+        coll_info = collection_config(c, coll_name)
     config = {
         "dataset": {
             "name": dataset.name,

@@ -1,0 +1,82 @@
+"""``/docs`` and ``/openapi.json``: Swagger UI served from the ``swagger-ui-bundle`` package
+(no CDN, so the docs work offline) and an OpenAPI schema that documents the error body the
+server really sends (``{"error": {"code", "message", "details"}}``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api.deps import require
+from api.schemas import ErrorResponse
+from core.settings import Settings
+
+_STATIC = "/docs/static"
+# Error statuses any route may answer with, documented once for every operation.
+_ERRORS = {
+    "400": "Bad request",
+    "401": "Missing or invalid API key",
+    "403": "The key lacks the scope, or the model is not enabled",
+    "404": "Not found",
+    "409": "Conflict",
+    "413": "Payload too large",
+    "422": "Invalid request",
+    "500": "Server-side fault (e.g. a corrupt segment)",
+    "503": "Unavailable (e.g. the task broker is down)",
+}
+
+
+def _schema(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name, sub in error_schema.pop("$defs", {}).items():
+        components[name] = sub
+    components["ErrorResponse"] = error_schema
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            for status, description in _ERRORS.items():
+                responses[status] = {"description": description, "content": ref}
+    app.openapi_schema = schema
+    return schema
+
+
+def install_docs(app: FastAPI, settings: Settings) -> None:
+    """Add ``/openapi.json`` and ``/docs`` (open, or behind ``read`` per settings)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    deps = [] if settings.auth.open_docs else [Depends(require("read"))]
+    app.openapi = lambda: _schema(app)  # type: ignore[method-assign]
+
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(_schema(app))
+
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url=f"{_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{_STATIC}/favicon-32x32.png",
+        )
+
+    app.add_api_route(
+        "/openapi.json", openapi_json, methods=["GET"], include_in_schema=False, dependencies=deps
+    )
+    app.add_api_route(
+        "/docs", swagger_ui, methods=["GET"], include_in_schema=False, dependencies=deps
+    )
+    app.mount(_STATIC, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")

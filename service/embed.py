@@ -1,0 +1,60 @@
+"""Embedding texts with a model the operator allows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.errors import Forbidden
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from embedder import EmbedKind
+    from service.container import Container
+
+
+def check_model_allowed(settings: Settings, name: str) -> None:
+    """Refuse model names the operator has not allowed (a client never loads any path).
+
+    Packaged models (MiniLM, SmolLM2 with any preset suffix) and the default are always
+    allowed; anything else must be listed in ``QUARRY_EMBEDDER__ALLOWED_MODELS``.
+    """
+    from embedder import is_packaged_model, packaged_model_names
+
+    allowed = {settings.embedder.default_model, *settings.embedder.allowed_models}
+    # A packaged LLM with an unknown preset passes here and fails to load with the list
+    # of valid presets, which is the more useful message.
+    if name in allowed or is_packaged_model(name) or is_packaged_model(name.split(":", 1)[0]):
+        return
+    raise Forbidden(
+        f"Model {name!r} is not enabled on this server. Enabled models: "
+        f"{', '.join(sorted(allowed | set(packaged_model_names())))}. Operators add more with "
+        "QUARRY_EMBEDDER__ALLOWED_MODELS (a JSON list)."
+    )
+
+
+@dataclass
+class Embedded:
+    model: str
+    vectors: np.ndarray
+    tokens: int
+
+
+def embed(
+    c: Container,
+    texts: Sequence[str],
+    *,
+    model: str | None = None,
+    kind: EmbedKind = "document",
+    normalize: bool = True,
+) -> Embedded:
+    """Embed ``texts`` with ``model`` (default: the configured one), checked against the
+    allow-list."""
+    name = model or c.settings.embedder.default_model
+    check_model_allowed(c.settings, name)
+    embedder = c.embedders.get(name)
+    vectors = embedder.embed(list(texts), kind=kind, normalize=normalize)
+    return Embedded(name, vectors, sum(embedder.count_tokens(list(texts))))
