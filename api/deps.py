@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.state import AppState
 from core.settings import Settings
 from service import Container
+from service.keys import Grant
 
 
 async def get_state(request: Request) -> AppState:
@@ -50,7 +51,11 @@ AuthHeader = Annotated[str | None, Depends(get_authorization)]
 
 
 def require(scope: str) -> Callable[..., None]:
-    """A dependency that checks the bearer key for ``scope`` (and the path's collection)."""
+    """A dependency that checks the bearer key for ``scope`` (and the path's collection).
+
+    Route dependencies run before the body is validated, so a caller without a valid key gets
+    401 (or 403) and never learns anything from a 422.
+    """
 
     def _check(request: Request, state: StateDep, authorization: AuthHeader) -> None:
         state.container.keys.check(authorization, scope, request.path_params.get("name"))
@@ -64,17 +69,28 @@ AdminScope = Depends(require("admin"))
 
 
 class Authorizer:
-    """Checks a key against a collection named in the body (search) or a loaded row."""
+    """The caller's grant, for a collection named in the body (search, create) or in a loaded
+    row (a job), and for filtering lists. The key is authenticated (401) as a dependency."""
 
-    def __init__(self, state: AppState, authorization: str | None) -> None:
-        self._state, self._auth = state, authorization
+    def __init__(self, grant: Grant) -> None:
+        self.grant = grant
 
-    def check(self, scope: str, collection: str | None) -> None:
-        self._state.container.keys.check(self._auth, scope, collection)
+    def check(self, scope: str, collection: str | None = None) -> None:
+        """403 unless the key has ``scope`` (on ``collection`` when one is named)."""
+        self.grant.require(scope, collection)
+
+    def check_collection(self, collection: str | None) -> None:
+        """403 unless the key reaches ``collection``; ``None`` (unknown) only an unrestricted
+        key does."""
+        self.grant.require_collection(collection)
+
+    def covers(self, collection: str) -> bool:
+        return self.grant.covers(collection)
 
 
-async def get_authorizer(state: StateDep, authorization: AuthHeader) -> Authorizer:
-    return Authorizer(state, authorization)
+def get_authorizer(state: StateDep, authorization: AuthHeader) -> Authorizer:
+    # Sync on purpose: the key lookup may query the database, so it runs on a worker thread.
+    return Authorizer(state.container.keys.authenticate(authorization))
 
 
 AuthorizerDep = Annotated[Authorizer, Depends(get_authorizer)]

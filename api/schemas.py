@@ -2,29 +2,104 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from core.collections import Metric
+from core.collections import NAME_RE, Metric
 from core.documents import DocumentIn
 from core.models import Collection, Job
 
-JsonScalar = str | int | float | bool
+#: What every request string must match: no NUL character (Postgres rejects it in text).
+NO_NUL_PATTERN = "^[^\\u0000]*$"
+#: A collection name, as :func:`core.collections.validate_name` checks it (``$`` is the end of
+#: the text in JSON Schema and pydantic, unlike Python's ``re``).
+NAME_PATTERN = NAME_RE.pattern
+#: Nesting depth allowed in document metadata (objects and arrays).
+MAX_METADATA_DEPTH = 32
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _clean(value: str) -> str:
+    """A string the database can store and a JSON response can carry."""
+    if "\x00" in value:
+        raise ValueError("NUL characters (\\u0000) are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate code point)") from None
+    return value
+
+
+def _collection_name(value: str) -> str:
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(
+            f"Invalid collection name {value!r}: use 1-128 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit."
+        )
+    return value
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands timestamps back without their zone; they are UTC (``core.models.utcnow``)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Metadata the database stores and the API answers with: clean strings (keys
+    included), finite numbers, bounded nesting. Walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+            if isinstance(item, dict):
+                for key, sub in item.items():
+                    if not isinstance(key, str):
+                        raise ValueError("object keys must be strings")
+                    _clean(key)
+                    stack.append((sub, depth + 1))
+            else:
+                stack.extend((sub, depth + 1) for sub in item)
+        elif isinstance(item, str):
+            _clean(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    return value
+
+
+#: A request string: no NUL, valid Unicode.
+CleanStr = Annotated[
+    str, AfterValidator(_clean), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})
+]
+CollectionName = Annotated[
+    str,
+    AfterValidator(_collection_name),
+    Field(json_schema_extra={"pattern": NAME_PATTERN}, examples=["papers"]),
+]
+UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
+Metadata = Annotated[dict[CleanStr, Any], AfterValidator(_metadata)]
+Int64 = Annotated[int, Field(ge=_INT64[0], le=_INT64[1])]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+JsonScalar = CleanStr | Int64 | FiniteFloat | bool
 
 
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., examples=["papers"])
-    embedder: str | None = Field(
-        None, description="Model name or local path; default model if unset"
+    name: CollectionName
+    embedder: CleanStr | None = Field(
+        None, max_length=512, description="Model name or local path; default model if unset"
     )
     metric: Metric = "cosine"
-    index_spec: str = Field("Flat", description="FAISS factory string used by compaction")
+    index_spec: CleanStr = Field(
+        "Flat", min_length=1, max_length=256, description="FAISS factory string used by compaction"
+    )
     lexical: bool = Field(True, description="Keep a BM25 index for lexical and hybrid search")
-    description: str | None = None
+    description: CleanStr | None = None
 
 
 class CollectionPublic(BaseModel):
@@ -39,7 +114,7 @@ class CollectionPublic(BaseModel):
     documents: dict[str, int] = Field(default_factory=dict)
     segments: int = 0
     vectors: int = 0
-    created_at: datetime
+    created_at: UtcDateTime
 
     @classmethod
     def of(
@@ -66,10 +141,23 @@ class CollectionsPublic(BaseModel):
     count: int
 
 
+class DocumentInput(BaseModel):
+    """A document to ingest. Its id may contain "/" (``GET .../documents/a/b`` finds it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: CleanStr = Field(..., min_length=1, max_length=512, description="Your id for it")
+    text: CleanStr = Field(..., min_length=1)
+    metadata: Metadata = Field(default_factory=dict)
+
+    def to_domain(self) -> DocumentIn:
+        return DocumentIn(id=self.id, text=self.text, metadata=self.metadata)
+
+
 class DocumentsIngest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    documents: list[DocumentIn] = Field(..., min_length=1)
+    documents: list[DocumentInput] = Field(..., min_length=1)
 
 
 class DocumentPublic(BaseModel):
@@ -77,14 +165,14 @@ class DocumentPublic(BaseModel):
     text: str
     metadata: dict[str, Any]
     state: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
 
 
 class DocumentsDelete(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[str] = Field(..., min_length=1)
+    ids: list[Annotated[CleanStr, Field(min_length=1, max_length=512)]] = Field(..., min_length=1)
 
 
 class DeletedPublic(BaseModel):
@@ -102,9 +190,9 @@ class JobPublic(BaseModel):
     attempts: int
     params: dict[str, Any] = Field(default_factory=dict)
     error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
     duration_s: float | None
 
     @classmethod
@@ -137,22 +225,26 @@ class IngestAccepted(BaseModel):
 class CompactRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    index_spec: str | None = Field(None, description="Override the collection's factory string")
+    index_spec: CleanStr | None = Field(
+        None, min_length=1, max_length=256, description="Override the collection's factory string"
+    )
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    collection: str
-    query: str = Field(..., min_length=1)
-    k: int = Field(10, ge=1)
-    filters: dict[str, JsonScalar | list[JsonScalar]] = Field(
+    collection: CleanStr = Field(..., min_length=1)
+    query: CleanStr = Field(..., min_length=1, description="Not only whitespace")
+    k: int = Field(10, ge=1, description="At most the server's QUARRY_LIMITS__MAX_K")
+    filters: dict[CleanStr, JsonScalar | list[JsonScalar]] = Field(
         default_factory=dict, description="Metadata equality; a list means any of its values"
     )
     mode: Literal["dense", "lexical", "hybrid"] = Field(
         "dense", description="dense (FAISS), lexical (BM25) or hybrid (reciprocal rank fusion)"
     )
-    rrf_k: int = Field(60, ge=1, description="k of reciprocal rank fusion (hybrid mode)")
+    rrf_k: int = Field(
+        60, ge=1, le=1_000_000, description="k of reciprocal rank fusion (hybrid mode)"
+    )
     include_text: bool = True
 
 
@@ -172,8 +264,8 @@ class SearchResponse(BaseModel):
 class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[str] = Field(..., min_length=1)
-    model: str | None = None
+    inputs: list[CleanStr] = Field(..., min_length=1, description="Texts, not only whitespace")
+    model: CleanStr | None = Field(None, max_length=512)
     kind: Literal["query", "document"] = "document"
     normalize: bool = True
 
@@ -189,8 +281,8 @@ class OpenAIEmbeddingsRequest(BaseModel):
     # OpenAI clients send extra fields (user, ...); accept and ignore them.
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str] | list[int] | list[list[int]]
-    model: str | None = None
+    input: CleanStr | list[CleanStr] | list[int] | list[list[int]]
+    model: CleanStr | None = Field(None, max_length=512)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
@@ -217,3 +309,10 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class Readiness(BaseModel):
+    """``GET /readyz``: 200 when ready, 503 (same body) when not."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, Any]

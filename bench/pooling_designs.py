@@ -161,9 +161,9 @@ def embed_and_search(
     """Top-k run of ``design`` on the eval split by exact cosine search over the corpus."""
     import torch
 
-    from cli.train import INSTRUCTION_TEMPLATE
+    from core.datasets import load_beir
     from embedder.llm import LLMEmbedder
-    from evaluation.loaders import load_beir
+    from embedder.train.data import INSTRUCTION_TEMPLATE
 
     if design == UNTRAINED:
         instruction = _option(extra, "--instruction", "")

@@ -121,8 +121,8 @@ def _config_value(text: str) -> Any:
 
 def _load_meta(path: Path) -> dict[str, Any]:
     """The JSON object of a ``--meta`` file."""
+    from core.datasets import read_json
     from core.errors import InvalidRequest
-    from evaluation.loaders import read_json
 
     loaded = read_json(path, "Meta")
     if not isinstance(loaded, dict):
@@ -189,7 +189,7 @@ def retrieval(
     ] = None,
 ) -> None:
     """Index a BEIR corpus through the ingest path, search every query, report metrics."""
-    from evaluation.loaders import load_beir
+    from core.datasets import load_beir
     from evaluation.metrics import DEFAULT_METRICS, check_metric
     from evaluation.retrieval import check_mode, collection_config, run_retrieval_eval
 
@@ -271,7 +271,7 @@ def rerank(
     progress: ProgressOpt = True,
 ) -> None:
     """Rerank fixed candidate lists (TREC DL top-100) and report metrics against qrels."""
-    from evaluation.loaders import load_trec_candidates, load_trec_qrels
+    from core.datasets import load_trec_candidates, load_trec_qrels
     from evaluation.metrics import check_metric
     from evaluation.rerank import RERANK_METRICS, make_reranker, run_rerank_eval
 
@@ -350,8 +350,8 @@ def score_run(
     with an empty ranking) score 0 in every metric and count in the averages; run queries
     with no judgements are ignored.
     """
+    from core.datasets import load_beir, load_run, load_trec_qrels, run_format
     from core.errors import InvalidRequest
-    from evaluation.loaders import load_beir, load_run, load_trec_qrels, run_format
     from evaluation.metrics import DEFAULT_METRICS, check_metric, evaluate_run
 
     setup_cli()

@@ -25,9 +25,6 @@ app = typer.Typer(
 
 logger = logging.getLogger("quarry.cli.train")
 
-#: How ``--instruction`` becomes the query prefix (the E5-Mistral / NV-Embed layout).
-INSTRUCTION_TEMPLATE = "Instruct: {instruction}\nQuery: "
-
 
 def _parse_options(items: list[str] | None) -> dict[str, Any]:
     """``["num_latents=16", "source=eos"]`` → ``{"num_latents": 16, "source": "eos"}``."""
@@ -44,6 +41,7 @@ def _parse_options(items: list[str] | None) -> dict[str, Any]:
 
 def _query_prefix(instruction: str | None, query_prefix: str | None) -> str:
     from core.errors import InvalidRequest
+    from embedder.train.data import INSTRUCTION_TEMPLATE
 
     if instruction is not None and query_prefix is not None:
         raise InvalidRequest("Give --instruction or --query-prefix, not both")
@@ -62,7 +60,8 @@ def _load_examples(
     seed: int,
 ) -> tuple[list[TrainExample], dict[str, Any]]:
     from core.errors import InvalidRequest
-    from embedder.train.data import examples_from_beir, read_examples
+    from embedder.train.data import read_examples
+    from service.training import examples_from_beir
 
     if (data is None) == (beir is None):
         raise InvalidRequest("Give exactly one of --data (JSON lines) and --beir (a BEIR folder)")

@@ -5,7 +5,7 @@ is really gzipped and ``run.json.gz`` both read. Every problem raises
 :class:`core.errors.InvalidRequest` naming the file, and the line for JSON lines.
 
 Used by ``quarry index`` (:mod:`core.ingest_files`), the evaluation loaders
-(:mod:`evaluation.loaders`) and the training data of :mod:`embedder.train.data`.
+(:mod:`core.datasets`) and the training data of :mod:`embedder.train.data`.
 """
 
 from __future__ import annotations

@@ -75,7 +75,9 @@ AuthMode = Literal["auto", "on", "off"]
 
 
 class AuthSettings(BaseModel):
-    """API keys. ``auto``: on as soon as any key exists, and never off again once on."""
+    """API keys (``QUARRY_AUTH__*``). ``mode``: ``auto`` is open only while no key was ever
+    configured (a static key or any ``api_keys`` row, revoked included), ``on`` always needs a
+    key, ``off`` is open (refused with ``QUARRY_ENV=prod``)."""
 
     mode: AuthMode = "auto"
     # Revocations and new keys are seen by every API process within this many seconds.
@@ -127,6 +129,11 @@ class Settings(BaseSettings):
                 "QUARRY_TASK_MODE=celery needs QUARRY_BROKER_URL (e.g. redis://localhost:6379/0)"
             )
         if self.env == "prod":
+            if self.auth.mode == "off":
+                raise ValueError(
+                    "QUARRY_AUTH__MODE=off would leave the API open: not allowed with "
+                    "QUARRY_ENV=prod (use auto or on, and create a key with `quarry keys create`)"
+                )
             weak = [k for k in self.api_keys if len(k) < 16 or k in {"changeme", "secret", "dev"}]
             if weak:
                 raise ValueError(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from core.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from evaluation.loaders import (
+    from core.datasets import (
         BeirDataset,
         Candidate,
         CandidateSet,
@@ -61,15 +61,15 @@ if TYPE_CHECKING:
 # Public name -> defining module, imported on first access (PEP 562) so that importing
 # the package (``cli.main`` does, for ``quarry eval``) stays cheap.
 _EXPORTS: dict[str, str] = {
-    "BeirDataset": "evaluation.loaders",
-    "Candidate": "evaluation.loaders",
-    "CandidateSet": "evaluation.loaders",
-    "load_beir": "evaluation.loaders",
-    "load_beir_qrels": "evaluation.loaders",
-    "load_run": "evaluation.loaders",
-    "load_trec_candidates": "evaluation.loaders",
-    "load_trec_qrels": "evaluation.loaders",
-    "run_format": "evaluation.loaders",
+    "BeirDataset": "core.datasets",
+    "Candidate": "core.datasets",
+    "CandidateSet": "core.datasets",
+    "load_beir": "core.datasets",
+    "load_beir_qrels": "core.datasets",
+    "load_run": "core.datasets",
+    "load_trec_candidates": "core.datasets",
+    "load_trec_qrels": "core.datasets",
+    "run_format": "core.datasets",
     "DEFAULT_METRICS": "evaluation.metrics",
     "EvalResult": "evaluation.metrics",
     "check_metric": "evaluation.metrics",

@@ -287,8 +287,8 @@ def run_record(
 
 def load_run_record(path: Path) -> dict[str, Any]:
     """Read a run's ``<name>.json``, checking it has a name, aggregates and per-query values."""
+    from core.datasets import read_json
     from core.errors import InvalidRequest
-    from evaluation.loaders import read_json
 
     path = Path(path)
     record = read_json(path, "Run")

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from core.datasets import Candidate, CandidateSet
 from core.errors import InvalidRequest
-from evaluation.loaders import Candidate, CandidateSet
 from evaluation.metrics import EvalResult, evaluate_run
 from evaluation.retrieval import Ranking, latency_stats
 

@@ -25,7 +25,7 @@ from core.errors import InvalidRequest, QuarryError
 from evaluation.metrics import DEFAULT_METRICS, EvalResult, evaluate_run
 
 if TYPE_CHECKING:
-    from evaluation.loaders import BeirDataset
+    from core.datasets import BeirDataset
     from service import Container
     from service.search import Searcher
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 if ! bash scripts/services.sh; then
   if [[ "${QUARRY_REQUIRE_SERVICES:-0}" == "1" ]]; then
-    echo "Postgres and Redis are required (QUARRY_REQUIRE_SERVICES=1)"; exit 1
+    echo "Postgres and redis-server are required (QUARRY_REQUIRE_SERVICES=1)"; exit 1
   fi
   echo "warning: tests marked 'services' will be skipped"
 fi

@@ -59,7 +59,6 @@ class CeleryDispatcher:
             },
             task_ignore_result=True,
         )
-        self._timeout = timeout_s
 
     def submit(self, kind: JobKind, job_id: str) -> None:
         name = TASK_NAMES[kind]
@@ -73,12 +72,7 @@ class CeleryDispatcher:
                 args=args,
                 queue=TASK_QUEUES[name],
                 retry=True,
-                retry_policy={
-                    "max_retries": 1,
-                    "interval_start": 0.1,
-                    "interval_step": 0.2,
-                    "timeout": self._timeout,
-                },
+                retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2},
                 ignore_result=True,
             )
         except Exception as exc:

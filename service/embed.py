@@ -10,10 +10,12 @@ import numpy as np
 
 from core.errors import Forbidden
 from core.settings import Settings
+from embedder.base import EmbedKind
 
 if TYPE_CHECKING:
-    from embedder import EmbedKind
     from service.container import Container
+
+__all__ = ["EmbedKind", "Embedded", "check_model_allowed", "embed"]
 
 
 def check_model_allowed(settings: Settings, name: str) -> None:

@@ -9,7 +9,7 @@ Auth **fails closed**. ``QUARRY_AUTH__MODE``:
 - ``auto`` (the default): open only while no key was ever configured — once a key exists
   (a static one or a database row, revoked ones included) auth is on for good, so revoking
   the last key leaves a server that refuses every keyed route rather than an open one;
-- ``off``: open, refused when ``QUARRY_ENV=prod``.
+- ``off``: open, whatever keys exist; refused when ``QUARRY_ENV=prod``.
 
 Lookups are cached for ``QUARRY_AUTH__CACHE_S`` (at most one second), so a revocation is
 seen by every API process within that time.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -34,7 +35,10 @@ from core.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from core.models import ApiKey, utcnow
 from core.settings import Settings
 
+logger = logging.getLogger(__name__)
+
 SCOPES = ("read", "write", "admin")
+NAME_MAX = 128  # api_keys.name is a VARCHAR(128)
 
 
 def hash_key(key: str) -> str:
@@ -62,43 +66,68 @@ class Grant:
     scopes: frozenset[str]
     collections: frozenset[str] | None  # None: every collection
 
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+    def covers(self, collection: str | None) -> bool:
+        """Whether the key reaches ``collection``. A restricted key reaches no unnamed one (a
+        job whose collection is unknown, say): only an unrestricted key does."""
+        return self.collections is None or (
+            collection is not None and collection in self.collections
+        )
+
     def allows(self, scope: str, collection: str | None) -> bool:
-        if scope not in self.scopes and "admin" not in self.scopes:
-            return False
-        return self.collections is None or collection is None or collection in self.collections
+        """``scope`` on ``collection``; ``None`` for a route that names no collection."""
+        return self.has_scope(scope) and (collection is None or self.covers(collection))
+
+    def require(self, scope: str, collection: str | None = None) -> None:
+        """Raise :class:`Forbidden` unless :meth:`allows`."""
+        if not self.has_scope(scope):
+            raise Forbidden(f"This API key lacks the {scope!r} scope")
+        if collection is not None:
+            self.require_collection(collection)
+
+    def require_collection(self, collection: str | None) -> None:
+        """Raise :class:`Forbidden` unless the key :meth:`covers` ``collection``."""
+        if not self.covers(collection):
+            raise Forbidden(f"This API key has no access to collection {collection!r}")
 
 
-_ALL = Grant(frozenset(SCOPES), None)
+#: The grant of a static key, and of every caller while auth is off.
+FULL = Grant(frozenset(SCOPES), None)
 
 
 class KeyStore:
     """Checks bearer keys against the static list and the ``api_keys`` table."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
-        self._static = {hash_key(k) for k in settings.api_keys}
+        self._static = {hash_key(k) for k in settings.api_keys if k}
         self._mode = settings.auth.mode
         self._ttl = settings.auth.cache_s
         self._sessions = sessions
         self._grants: dict[str, tuple[float, Grant | None]] = {}
         self._enabled: tuple[float, bool] = (-1e9, False)
         self._lock = threading.Lock()
+        if self._mode == "off":
+            logger.warning("QUARRY_AUTH__MODE=off: every route is open, API keys are ignored")
 
     def enabled(self) -> bool:
         """Whether keys are required now (see the module docstring for the modes)."""
-        if self._mode == "on" or self._static:
-            return True
         if self._mode == "off":
             return False
+        if self._mode == "on" or self._static:
+            return True
+        now = time.monotonic()  # taken before the query: an answer is never older than ttl
         with self._lock:
             at, value = self._enabled
             if value:  # once on, on for good in this process
                 return True
-            if time.monotonic() - at <= self._ttl:
+            if now - at <= self._ttl:
                 return value
         with session_scope(self._sessions) as s:
             value = bool(s.scalar(select(exists().where(ApiKey.id.is_not(None)))))
         with self._lock:
-            self._enabled = (time.monotonic(), value)
+            self._enabled = (now, value)
         return value
 
     def active_keys(self) -> int:
@@ -119,37 +148,48 @@ class KeyStore:
                     ApiKey.key_hash == digest, ApiKey.revoked.is_(False)
                 )
             ).first()
-        grant = (
-            None
-            if row is None
-            else Grant(
-                frozenset(parse_scopes(row.scopes)),
-                None if row.collections is None else frozenset(row.collections),
-            )
-        )
+        grant = None if row is None else _row_grant(row.scopes, row.collections)
         with self._lock:
             if len(self._grants) > 10_000:  # unknown keys must not grow the cache forever
                 self._grants.clear()
             self._grants[digest] = (now, grant)
         return grant
 
-    def check(self, authorization: str | None, scope: str, collection: str | None = None) -> None:
-        """Raise unless auth is off or the bearer key grants ``scope`` on ``collection``."""
+    def authenticate(self, authorization: str | None) -> Grant:
+        """The caller's grant (:data:`FULL` while auth is off); raise :class:`Unauthorized`
+        for a missing, unknown or revoked key."""
         if not self.enabled():
-            return
-        if not authorization or not authorization.lower().startswith("bearer "):
+            return FULL
+        if not authorization or authorization[:7].lower() != "bearer ":
             raise Unauthorized("Missing bearer API key (Authorization: Bearer <key>)")
-        digest = hash_key(authorization[7:].strip())
+        key = authorization[7:].strip()
+        if not key:
+            raise Unauthorized("Missing bearer API key (Authorization: Bearer <key>)")
+        digest = hash_key(key)
         if any(hmac.compare_digest(digest, h) for h in self._static):
-            grant: Grant | None = _ALL
-        else:
-            grant = self._grant(digest)
+            return FULL
+        grant = self._grant(digest)
         if grant is None:
             raise Unauthorized("Invalid or revoked API key")
-        if not grant.allows(scope, collection):
-            if scope not in grant.scopes and "admin" not in grant.scopes:
-                raise Forbidden(f"This API key lacks the {scope!r} scope")
-            raise Forbidden(f"This API key has no access to collection {collection!r}")
+        return grant
+
+    def check(self, authorization: str | None, scope: str, collection: str | None = None) -> Grant:
+        """Raise unless auth is off or the bearer key grants ``scope`` on ``collection``
+        (``None``: a route that names no collection). Returns the key's grant."""
+        grant = self.authenticate(authorization)
+        grant.require(scope, collection)
+        return grant
+
+
+def _row_grant(scopes: str, collections: object) -> Grant:
+    """A stored key's grant. Unknown scopes in a hand-edited row grant nothing (fail closed);
+    so does a ``collections`` value that is not a list of names."""
+    known = frozenset(s.strip() for s in (scopes or "").split(",")) & frozenset(SCOPES)
+    if collections is None:
+        return Grant(known, None)
+    if not isinstance(collections, list):
+        return Grant(known, frozenset())
+    return Grant(known, frozenset(c for c in collections if isinstance(c, str)))
 
 
 def create_key(
@@ -158,11 +198,27 @@ def create_key(
     scopes: str = "read,write",
     collections: Sequence[str] | None = None,
 ) -> str:
-    """Store a new key and return it (the only time it is visible)."""
-    parse_scopes(scopes)
+    """Store a new key and return it (the only time it is visible).
+
+    ``collections``: the only collections the key may reach (``None``: every collection).
+    """
+    if not name or name != name.strip() or len(name) > NAME_MAX:
+        raise InvalidRequest(
+            f"Invalid API key name {name!r}: use 1-{NAME_MAX} characters, no surrounding spaces"
+        )
+    parsed = parse_scopes(scopes)
+    grants: list[str] | None = None
     if collections is not None:
+        if isinstance(collections, str):  # a bare name would be read as its letters
+            collections = [collections]
+        if not collections:
+            raise InvalidRequest(
+                "An empty collection list would grant no collection; name at least one, or "
+                "none at all for every collection"
+            )
         for coll in collections:
             validate_name(coll)
+        grants = list(dict.fromkeys(collections))
     if session.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
         raise InvalidRequest(f"An API key named {name!r} exists already")
     key = new_key()
@@ -170,9 +226,9 @@ def create_key(
         ApiKey(
             name=name,
             key_hash=hash_key(key),
-            scopes=scopes,
+            scopes=",".join(s for s in SCOPES if s in parsed),
             revoked=False,
-            collections=list(collections) if collections is not None else None,
+            collections=grants,
         )
     )
     session.flush()

@@ -198,3 +198,18 @@ def minilm():
     from embedder import load_embedder
 
     return load_embedder("all-MiniLM-L6-v2", device="cpu")
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+@pytest.fixture
+def tiny_beir() -> Path:
+    """A hand-made BEIR folder (8 documents, 3 test queries with graded qrels)."""
+    return FIXTURES / "tiny_beir"
+
+
+@pytest.fixture
+def tiny_trec() -> Path:
+    """A hand-made TREC-DL reranking set (candidates JSON + qrels)."""
+    return FIXTURES / "tiny_trec"

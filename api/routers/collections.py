@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from api.deps import AdminScope, ContainerDep, ReadScope, StateDep, WriteScope
+from api.deps import AdminScope, AuthorizerDep, ContainerDep, ReadScope, StateDep, WriteScope
 from api.schemas import (
     CollectionCreate,
     CollectionPublic,
@@ -27,8 +27,11 @@ def _public(info: CollectionInfo) -> CollectionPublic:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[WriteScope])
-def create_collection(body: CollectionCreate, c: ContainerDep) -> CollectionPublic:
+def create_collection(
+    body: CollectionCreate, c: ContainerDep, auth: AuthorizerDep
+) -> CollectionPublic:
     """Create a collection; its vector size comes from the embedding model."""
+    auth.check("write", body.name)  # a key restricted to some collections creates only those
     if body.embedder is not None:
         check_model_allowed(c.settings, body.embedder)
     info = use.create_collection(
@@ -44,9 +47,9 @@ def create_collection(body: CollectionCreate, c: ContainerDep) -> CollectionPubl
 
 
 @router.get("", dependencies=[ReadScope])
-def list_collections(c: ContainerDep) -> CollectionsPublic:
-    """List collections."""
-    data = [_public(info) for info in use.list_collections(c)]
+def list_collections(c: ContainerDep, auth: AuthorizerDep) -> CollectionsPublic:
+    """List the collections the key reaches."""
+    data = [_public(info) for info in use.list_collections(c) if auth.covers(info.collection.name)]
     return CollectionsPublic(data=data, count=len(data))
 
 

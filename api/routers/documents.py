@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 
 from api.deps import ContainerDep, ReadScope, StateDep, WriteScope
 from api.schemas import (
@@ -12,6 +14,7 @@ from api.schemas import (
     DocumentsIngest,
     IngestAccepted,
     JobPublic,
+    NO_NUL_PATTERN,
 )
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import Document, JobKind
@@ -19,6 +22,11 @@ from service import documents as use
 from service.ingest import ingest
 
 router = APIRouter(prefix="/v1/collections/{name}/documents", tags=["documents"])
+
+# Ids may hold any character but NUL (Postgres refuses it): "/" included, sent as is or as %2F.
+DocId = Annotated[
+    str, Path(pattern=NO_NUL_PATTERN, description='The document\'s id; "/" is allowed')
+]
 
 
 def _public(doc: Document) -> DocumentPublic:
@@ -49,7 +57,7 @@ def ingest_documents(
                 f"Document {doc.id!r} has {len(doc.text)} characters; the limit is "
                 f"{limits.max_text_chars}"
             )
-    outcome = ingest(c, name, body.documents)
+    outcome = ingest(c, name, [doc.to_domain() for doc in body.documents])
     if outcome.queued:
         state.metrics.jobs_enqueued.labels(JobKind.INGEST).inc()
     return IngestAccepted(
@@ -62,13 +70,13 @@ def ingest_documents(
 
 # ``:path`` so that ids containing "/" (accepted at ingest) can be fetched and deleted too.
 @router.get("/{doc_id:path}", dependencies=[ReadScope])
-def get_document(name: str, doc_id: str, c: ContainerDep) -> DocumentPublic:
+def get_document(name: str, doc_id: DocId, c: ContainerDep) -> DocumentPublic:
     """Fetch one document by its id."""
     return _public(use.get_document(c, name, doc_id))
 
 
 @router.delete("/{doc_id:path}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteScope])
-def delete_document(name: str, doc_id: str, c: ContainerDep) -> None:
+def delete_document(name: str, doc_id: DocId, c: ContainerDep) -> None:
     """Delete one document; it disappears from search at once."""
     use.delete_document(c, name, doc_id)
 

@@ -16,7 +16,7 @@ from api.schemas import (
     OpenAIEmbeddingsResponse,
 )
 from core.errors import InvalidRequest, PayloadTooLarge
-from embedder import EmbedKind
+from service.embed import EmbedKind
 from service.embed import embed as embed_texts
 
 router = APIRouter(prefix="/v1", tags=["embed"])

@@ -13,8 +13,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @router.get("/{job_id}")
 def get_job(job_id: str, c: ContainerDep, auth: AuthorizerDep) -> JobPublic:
-    """Show a job's state and progress."""
-    auth.check("read", None)
+    """Show a job's state and progress (403 for a key that does not reach its collection)."""
+    auth.check("read")  # before the lookup: no key learns which job ids exist
     job = show_job(c, job_id)
-    auth.check("read", job.collection_name)
+    auth.check_collection(job.collection_name)
     return JobPublic.of(job)

@@ -1,8 +1,9 @@
 """Contrastive fine-tuning of LLM embedders: data, InfoNCE loss, GradCache trainer, CLI.
 
 ``quarry train embedder`` (:mod:`cli.train`) trains one of the designs of ``docs/methods.md``
-on ``{query, positive, negatives}`` examples (a JSON-lines file, or a BEIR split with BM25 hard
-negatives) and writes a model directory that :func:`embedder.load_embedder` loads by path.
+on ``{query, positive, negatives}`` examples (a JSON-lines file, or a BEIR split with BM25
+hard negatives from :mod:`service.training`) and writes a model directory that
+:func:`embedder.load_embedder` loads by path.
 
 Importing this package imports neither torch nor the BM25 index: the names below load on first
 access.
@@ -17,7 +18,6 @@ from core.lazy import lazy_exports
 if TYPE_CHECKING:
     from embedder.train.data import (
         TrainExample,
-        examples_from_beir,
         read_examples,
         write_examples,
     )
@@ -35,7 +35,6 @@ __all__ = [
     "TrainConfig",
     "TrainExample",
     "TrainResult",
-    "examples_from_beir",
     "info_nce_loss",
     "latest_checkpoint",
     "read_examples",
@@ -45,7 +44,6 @@ __all__ = [
 
 _LAZY: dict[str, str] = {
     "TrainExample": "embedder.train.data",
-    "examples_from_beir": "embedder.train.data",
     "read_examples": "embedder.train.data",
     "write_examples": "embedder.train.data",
     "info_nce_loss": "embedder.train.loss",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import InvalidRequest
-from embedder.train.data import TrainExample, examples_from_beir, read_examples, write_examples
+from embedder.train.data import TrainExample, read_examples, write_examples
+from service.training import examples_from_beir
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_beir_train"
 

@@ -18,7 +18,7 @@ import torch
 from core.errors import InvalidRequest
 from embedder import EmbedderPool, load_embedder
 from embedder.llm import CONFIG_NAME, LLMEmbedder, LLMEmbeddingModel, tiny_backbone, tiny_tokenizer
-from embedder.train.data import TrainExample, examples_from_beir
+from embedder.train.data import TrainExample
 from embedder.train.trainer import (
     CHECKPOINTS_DIR,
     TRAINING_RECORD,
@@ -27,6 +27,7 @@ from embedder.train.trainer import (
     latest_checkpoint,
     lr_factor,
 )
+from service.training import examples_from_beir
 
 pytest.importorskip("peft")
 

@@ -6,8 +6,8 @@ from math import log2
 
 import pytest
 
+from core.datasets import load_beir
 from core.errors import InvalidRequest
-from evaluation.loaders import load_beir
 from evaluation.metrics import evaluate_run, rank_order_run
 
 # The qrels of tests/fixtures/tiny_beir (test split):

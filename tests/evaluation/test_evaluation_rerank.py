@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.datasets import load_trec_candidates, load_trec_qrels
 from core.errors import InvalidRequest
 from core.settings import Settings
-from evaluation.loaders import load_trec_candidates, load_trec_qrels
 from evaluation.rerank import (
     RERANKERS,
     EmbedderReranker,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from core.datasets import load_beir
 from core.errors import InvalidRequest
-from evaluation.loaders import load_beir
 from evaluation.retrieval import check_mode, latency_stats, search_queries
 
 

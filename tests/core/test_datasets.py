@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import InvalidRequest
-from evaluation.loaders import (
+from core.datasets import (
     load_beir,
     load_run,
     load_trec_candidates,
     load_trec_qrels,
     run_format,
 )
+from core.errors import InvalidRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Readers for the evaluation data formats: BEIR folders and TREC-DL reranking files.
+"""Readers for the dataset formats Quarry trains and evaluates on: BEIR folders, TREC-DL
+reranking files and run files (the ground floor: training and evaluation both use them).
 
 BEIR (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``) is the first-stage
 retrieval format; the corpus is read with :func:`core.ingest_files.read_jsonl`, the same

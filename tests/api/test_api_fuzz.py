@@ -1,0 +1,287 @@
+"""Schemathesis fuzzing of a real ``quarry serve`` process against its own OpenAPI schema.
+
+Every operation gets positive cases (data that fits the schema) and negative ones (data that
+does not): no answer may be a 5xx, hang, or disagree with the documented status codes,
+content types and bodies. A tiny random BERT stands in for MiniLM so the run stays short,
+and small limits keep each request cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_COLLECTION = "fuzz"
+SEED_DOCS = [
+    {"id": "a/b/c", "text": "The telescope observed a distant galaxy.", "metadata": {"n": 1}},
+    {"id": "plain", "text": "Simmer the tomato sauce with garlic.", "metadata": {"n": 2}},
+    {"id": "ünï", "text": "The striker scored twice in the final.", "metadata": {"t": "x"}},
+]
+LIMITS = {
+    "QUARRY_LIMITS__MAX_BATCH_DOCS": "8",
+    "QUARRY_LIMITS__MAX_TEXT_CHARS": "2000",
+    "QUARRY_LIMITS__MAX_EMBED_INPUTS": "8",
+    "QUARRY_LIMITS__MAX_K": "50",
+    "QUARRY_LIMITS__MAX_REQUEST_BYTES": "65536",
+}
+REQUEST_TIMEOUT_S = 10.0
+# Examples per operation and generation mode; 16 operations x 2 modes; operations without
+# parameters stop early (Hypothesis exhausts them), the others make up the >= 1,000 total.
+MAX_EXAMPLES = 45
+MIN_TOTAL_CASES = 1000
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_tiny_model(out: Path) -> Path:
+    """A random 2-layer, 32-dim BERT with MiniLM's tokenizer and mean pooling, saved as a
+    sentence-transformers model directory (seconds to build and to load)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    try:  # sentence-transformers >= 5.2
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # pragma: no cover - older releases
+        from sentence_transformers.models import Pooling, Transformer
+
+    from embedder.packaged import find_packaged, packaged_model_path
+
+    minilm = find_packaged("all-MiniLM-L6-v2")
+    assert minilm is not None
+    src = packaged_model_path(minilm)
+    work = out.parent / "tiny-parts"
+    tok_dir, bert_dir = work / "tokenizer", work / "bert"
+    tok_dir.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, tok_dir / name)
+    if (src / "special_tokens_map.json").is_file():
+        shutil.copy(src / "special_tokens_map.json", tok_dir / "special_tokens_map.json")
+    tokenizer = BertTokenizerFast.from_pretrained(str(tok_dir))
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+    )
+    BertModel(config).save_pretrained(str(bert_dir))
+    tokenizer.save_pretrained(str(bert_dir))
+    word = Transformer(str(bert_dir), max_seq_length=128)
+    pooling = Pooling(config.hidden_size, pooling_mode="mean")
+    SentenceTransformer(modules=[word, pooling], device="cpu").save(str(out))
+    return out
+
+
+class Server:
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--port", str(port), "--no-migrate"],
+            env=env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def tail(self, n: int = 80) -> str:
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return f"--- api (exit {self.proc.poll()}) ---\n" + "\n".join(lines[-n:])
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail("the API exited early\n" + self.tail())
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        pytest.fail("the API never became ready\n" + self.tail())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    model = build_tiny_model(tmp / "tiny-bert")
+    env = {
+        **os.environ,
+        "QUARRY_DATA_DIR": str(tmp / "data"),
+        "QUARRY_EMBEDDER__DEVICE": "cpu",
+        "QUARRY_EMBEDDER__DEFAULT_MODEL": str(model),
+        "QUARRY_ENV": "test",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **LIMITS,
+    }
+    for key in ("QUARRY_DATABASE_URL", "QUARRY_BROKER_URL", "QUARRY_RESULT_BACKEND"):
+        env.pop(key, None)
+    quarry = [sys.executable, "-m", "cli"]
+    subprocess.run([*quarry, "db", "upgrade"], env=env, cwd=ROOT, check=True, timeout=120)
+    srv = Server(env, _free_port(), tmp / "api.log")
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _seed(client: httpx.Client) -> None:
+    """(Re)create the seed collection and its documents if the fuzzing deleted them."""
+    if client.get(f"/v1/collections/{SEED_COLLECTION}").status_code == 200:
+        return
+    r = client.post("/v1/collections", json={"name": SEED_COLLECTION})
+    assert r.status_code == 201, r.text
+    r = client.post(f"/v1/collections/{SEED_COLLECTION}/documents", json={"documents": SEED_DOCS})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job"]["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = client.get(f"/v1/jobs/{job_id}").json()["state"]
+        if state in ("succeeded", "failed", "cancelled"):
+            assert state == "succeeded", state
+            return
+        time.sleep(0.1)
+    pytest.fail("the seed ingest job never finished")
+
+
+def _aim_at_seed(case: Any, aim: bool) -> Any:
+    """Point a positive case at the seed collection (random names only ever miss it)."""
+    if not aim:
+        return case
+    if "name" in case.path_parameters:
+        case.path_parameters["name"] = SEED_COLLECTION
+    if isinstance(case.body, dict) and isinstance(case.body.get("collection"), str):
+        case.body["collection"] = SEED_COLLECTION
+    return case
+
+
+@dataclass
+class Tally:
+    cases: int = 0
+    by_operation: dict[str, int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+
+def _run_operation(
+    operation: Any, mode: Any, base: str, tally: Tally, seed: Callable[[], None]
+) -> None:
+    import requests
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        negative_data_rejection,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
+    strategy = operation.as_strategy(generation_mode=mode)
+    if mode.is_positive:
+        strategy = st.tuples(strategy, st.booleans()).map(lambda t: _aim_at_seed(*t))
+    else:
+        checks.append(negative_data_rejection)
+    label = f"{operation.label} [{mode.value}]"
+    session = requests.Session()
+
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+    )
+    @given(case=strategy)
+    def check(case: Any) -> None:
+        tally.cases += 1
+        tally.by_operation[label] = tally.by_operation.get(label, 0) + 1
+        try:
+            response = case.call(base_url=base, session=session, timeout=REQUEST_TIMEOUT_S)
+        except requests.Timeout:
+            raise AssertionError(
+                f"no answer within {REQUEST_TIMEOUT_S}s: {case.as_curl_command()}"
+            ) from None
+        tally.statuses[response.status_code] = tally.statuses.get(response.status_code, 0) + 1
+        case.validate_response(response, checks=checks)
+
+    seed()
+    try:
+        check()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # every operation runs; failures are reported together
+        tally.failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:3000]}")
+    finally:
+        session.close()
+
+
+def test_fuzz_the_openapi_schema(server: Server) -> None:
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(f"{server.base}/openapi.json", timeout=30)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    # Deleting the seed collection last in each mode keeps the others on a populated one.
+    operations.sort(key=lambda op: (op.method.upper() == "DELETE", op.path, op.method))
+    assert len(operations) >= 16, [op.label for op in operations]
+    tally = Tally()
+    start = time.monotonic()
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            for operation in operations:
+                _run_operation(operation, mode, server.base, tally, lambda: _seed(client))
+                if server.proc.poll() is not None:
+                    pytest.fail("the API died\n" + server.tail())
+    elapsed = time.monotonic() - start
+    print(
+        f"\n{tally.cases} cases in {elapsed:.0f}s; statuses {dict(sorted(tally.statuses.items()))}"
+    )
+    for label, n in sorted(tally.by_operation.items()):
+        print(f"  {n:4d}  {label}")
+    assert not tally.failures, "\n\n".join(tally.failures) + "\n" + server.tail(40)
+    assert tally.cases >= MIN_TOTAL_CASES, tally.by_operation
+    assert "Traceback" not in server.log_path.read_text(errors="replace"), server.tail()
