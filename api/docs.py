@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.deps import require
-from api.schemas import ErrorResponse
-from core.settings import Settings
+from api.schemas import ErrorResponse, Readiness
+from core.settings import Limits, Settings
 
 _STATIC = "/docs/static"
 # Error statuses any route may answer with, documented once for every operation.
@@ -31,25 +31,74 @@ _ERRORS = {
 }
 
 
-def _schema(app: FastAPI) -> dict[str, Any]:
+_ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+# Routes whose successful answer is not the default JSON body FastAPI infers (until the
+# routes declare it themselves, see ``_declared``): method, path -> responses.
+_READINESS_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}
+_SPECIAL_RESPONSES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
+    ("get", "/metrics"): {
+        "200": {
+            "description": "Prometheus metrics (text exposition format)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+    ("get", "/readyz"): {
+        "200": {"description": "Ready", "content": _READINESS_REF},
+        "503": {"description": "Not ready (see checks)", "content": _READINESS_REF},
+    },
+}
+
+
+def _declared(response: dict[str, Any]) -> bool:
+    """Whether a route documented this response itself (not FastAPI's default 422)."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return schema.get("$ref") != "#/components/schemas/HTTPValidationError"
+
+
+def _set_limits(components: dict[str, Any], limits: Limits) -> None:
+    """Document this server's request limits (``QUARRY_LIMITS__*``) as schema bounds.
+
+    Requests over them are answered 413 (too many items) or 422 (too long, ``k`` too big).
+    """
+    text_max = {"maxLength": limits.max_text_chars}
+    props = components["SearchRequest"]["properties"]
+    props["k"]["maximum"] = limits.max_k
+    props["query"].update(text_max)
+    docs = components["DocumentsIngest"]["properties"]["documents"]
+    docs["maxItems"] = limits.max_batch_docs
+    components["DocumentInput"]["properties"]["text"].update(text_max)
+    inputs = components["EmbedRequest"]["properties"]["inputs"]
+    inputs["maxItems"] = limits.max_embed_inputs
+    inputs["items"].update(text_max)
+    for variant in components["OpenAIEmbeddingsRequest"]["properties"]["input"]["anyOf"]:
+        if variant.get("type") == "string":
+            variant.update(text_max)
+        elif variant.get("items", {}).get("type") == "string":
+            variant["maxItems"] = limits.max_embed_inputs
+            variant["items"].update(text_max)
+
+
+def _schema(app: FastAPI, limits: Limits) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    error_schema = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name, sub in error_schema.pop("$defs", {}).items():
-        components[name] = sub
-    components["ErrorResponse"] = error_schema
+    for model in (ErrorResponse, Readiness):
+        sub_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(sub_schema.pop("$defs", {}))
+        components[model.__name__] = sub_schema
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
-    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
+    _set_limits(components, limits)
+    for path, path_item in schema.get("paths", {}).items():
+        for method, operation in path_item.items():
             responses = operation.setdefault("responses", {})
+            responses.update(_SPECIAL_RESPONSES.get((method, path), {}))
             for status, description in _ERRORS.items():
-                responses[status] = {"description": description, "content": ref}
+                if status not in responses or not _declared(responses[status]):
+                    responses[status] = {"description": description, "content": _ERROR_REF}
     app.openapi_schema = schema
     return schema
 
@@ -59,10 +108,10 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
     from swagger_ui_bundle import swagger_ui_path
 
     deps = [] if settings.auth.open_docs else [Depends(require("read"))]
-    app.openapi = lambda: _schema(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _schema(app, settings.limits)  # type: ignore[method-assign]
 
     async def openapi_json() -> JSONResponse:
-        return JSONResponse(_schema(app))
+        return JSONResponse(_schema(app, settings.limits))
 
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(
@@ -71,6 +120,8 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
             swagger_js_url=f"{_STATIC}/swagger-ui-bundle.js",
             swagger_css_url=f"{_STATIC}/swagger-ui.css",
             swagger_favicon_url=f"{_STATIC}/favicon-32x32.png",
+            # Swagger UI would otherwise send the schema to validator.swagger.io for a badge.
+            swagger_ui_parameters={"validatorUrl": None},
         )
 
     app.add_api_route(

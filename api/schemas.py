@@ -14,6 +14,8 @@ from core.models import Collection, Job
 
 #: What every request string must match: no NUL character (Postgres rejects it in text).
 NO_NUL_PATTERN = "^[^\\u0000]*$"
+#: A query or text to embed: no NUL, and not only whitespace.
+NON_BLANK_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 #: A collection name, as :func:`core.collections.validate_name` checks it (``$`` is the end of
 #: the text in JSON Schema and pydantic, unlike Python's ``re``).
 NAME_PATTERN = NAME_RE.pattern
@@ -71,9 +73,37 @@ def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
+def _keys_as_property_names(schema: dict[str, Any]) -> None:
+    """JSON Schema of a dict with constrained keys: every key obeys ``propertyNames`` (pydantic
+    writes the key pattern as ``patternProperties``, which leaves other keys unconstrained)."""
+    patterns = schema.pop("patternProperties", None)
+    if patterns:
+        ((pattern, values),) = patterns.items()
+        schema["additionalProperties"] = values
+        schema.setdefault("propertyNames", {})["pattern"] = pattern
+
+
+def _texts_only(schema: dict[str, Any]) -> None:
+    """OpenAI's ``input``, documented as what Quarry accepts: a text or a non-empty list."""
+    texts = [v for v in schema["anyOf"] if v.get("type") == "string"]
+    texts += [
+        {**v, "minItems": 1}
+        for v in schema["anyOf"]
+        if v.get("type") == "array" and v["items"].get("type") == "string"
+    ]
+    schema["anyOf"] = texts
+    schema["description"] = "A text or a list of texts (token ids are not supported)"
+
+
 #: A request string: no NUL, valid Unicode.
 CleanStr = Annotated[
     str, AfterValidator(_clean), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})
+]
+#: A query or a text to embed; whitespace-only ones are refused by the route (422).
+NonBlankStr = Annotated[
+    str,
+    AfterValidator(_clean),
+    Field(min_length=1, json_schema_extra={"pattern": NON_BLANK_PATTERN}),
 ]
 CollectionName = Annotated[
     str,
@@ -81,10 +111,18 @@ CollectionName = Annotated[
     Field(json_schema_extra={"pattern": NAME_PATTERN}, examples=["papers"]),
 ]
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
-Metadata = Annotated[dict[CleanStr, Any], AfterValidator(_metadata)]
+Metadata = Annotated[
+    dict[CleanStr, Any],
+    AfterValidator(_metadata),
+    Field(json_schema_extra=_keys_as_property_names),
+]
 Int64 = Annotated[int, Field(ge=_INT64[0], le=_INT64[1])]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 JsonScalar = CleanStr | Int64 | FiniteFloat | bool
+# Empty keys and empty lists are refused by core.documents with a clearer message than a
+# union's validation errors: the schema documents them, the validation leaves them to it.
+FilterKey = Annotated[CleanStr, Field(json_schema_extra={"minLength": 1})]
+FilterValues = Annotated[list[JsonScalar], Field(json_schema_extra={"minItems": 1})]
 
 
 class CollectionCreate(BaseModel):
@@ -234,10 +272,12 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     collection: CleanStr = Field(..., min_length=1)
-    query: CleanStr = Field(..., min_length=1, description="Not only whitespace")
+    query: NonBlankStr = Field(..., description="Not only whitespace")
     k: int = Field(10, ge=1, description="At most the server's QUARRY_LIMITS__MAX_K")
-    filters: dict[CleanStr, JsonScalar | list[JsonScalar]] = Field(
-        default_factory=dict, description="Metadata equality; a list means any of its values"
+    filters: dict[FilterKey, JsonScalar | FilterValues] = Field(
+        default_factory=dict,
+        description="Metadata equality; a list means any of its values",
+        json_schema_extra=_keys_as_property_names,
     )
     mode: Literal["dense", "lexical", "hybrid"] = Field(
         "dense", description="dense (FAISS), lexical (BM25) or hybrid (reciprocal rank fusion)"
@@ -264,7 +304,9 @@ class SearchResponse(BaseModel):
 class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[CleanStr] = Field(..., min_length=1, description="Texts, not only whitespace")
+    inputs: list[NonBlankStr] = Field(
+        ..., min_length=1, description="Texts, each not only whitespace"
+    )
     model: CleanStr | None = Field(None, max_length=512)
     kind: Literal["query", "document"] = "document"
     normalize: bool = True
@@ -281,7 +323,11 @@ class OpenAIEmbeddingsRequest(BaseModel):
     # OpenAI clients send extra fields (user, ...); accept and ignore them.
     model_config = ConfigDict(extra="ignore")
 
-    input: CleanStr | list[CleanStr] | list[int] | list[list[int]]
+    # OpenAI's request shape also allows token ids: they are parsed to be refused with a clear
+    # 422, and left out of the documented schema (only texts are accepted).
+    input: NonBlankStr | list[NonBlankStr] | list[int] | list[list[int]] = Field(
+        ..., json_schema_extra=_texts_only
+    )
     model: CleanStr | None = Field(None, max_length=512)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None

@@ -5,50 +5,16 @@ from __future__ import annotations
 
 import os
 import random
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
+from procs import Proc, api, migrate, wait_ready, worker
 
 from core.ingest_files import DEMO_CORPUS, read_jsonl
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("w")
-        self.p = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def tail(self, n: int = 60) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- {self.name} (exit {self.p.poll()}) ---\n" + "\n".join(lines[-n:])
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,28 +30,11 @@ def stack(pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
         "QUARRY_EMBEDDER__DEVICE": "cpu",
         "HF_HUB_OFFLINE": "1",
     }
-    quarry = [sys.executable, "-m", "cli"]
-    subprocess.run([*quarry, "db", "upgrade"], env=env, cwd=ROOT, check=True, timeout=120)
-    port = _free_port()
-    procs = [
-        Proc("worker", [*quarry, "worker", "--queues", "gpu,cpu", "--concurrency", "1"], env, tmp),
-        Proc("api", [*quarry, "serve", "--port", str(port), "--no-migrate"], env, tmp),
-    ]
-    base = f"http://127.0.0.1:{port}"
+    migrate(env)
+    api_proc, base = api(env, tmp)
+    procs = [worker(env, tmp), api_proc]
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            for proc in procs:
-                if proc.p.poll() is not None:
-                    pytest.fail("process exited early\n" + proc.tail())
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("API never became ready\n" + "\n".join(p.tail() for p in procs))
-            time.sleep(0.5)
+        wait_ready(base, procs)
         yield {"base": base, "procs": procs, "env": env}
     finally:
         for proc in procs:

@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from api.deps import ContainerDep, StateDep, require
+from api.deps import AuthHeader, ContainerDep, StateDep, require
+from service.keys import Grant
 
 router = APIRouter(tags=["health"])
 
@@ -26,16 +27,18 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(c: ContainerDep) -> JSONResponse:
+async def readyz(c: ContainerDep, authorization: AuthHeader) -> JSONResponse:
     """Readiness: database and broker reachable, default model loaded; degraded collections.
 
-    A corrupt segment degrades its collection (listed under ``checks.degraded``) but leaves
-    the replica ready for the others.
+    Open to probes without a key. A corrupt segment degrades its collection (listed under
+    ``checks.degraded``) but leaves the replica ready for the others; while auth is on, only a
+    ``read`` key sees the names of the collections it reaches, the rest are counted under
+    ``"*"``.
     """
-    return await anyio.to_thread.run_sync(_readiness, c, limiter=_probe_threads)
+    return await anyio.to_thread.run_sync(_readiness, c, authorization, limiter=_probe_threads)
 
 
-def _readiness(c: ContainerDep) -> JSONResponse:
+def _readiness(c: ContainerDep, authorization: str | None = None) -> JSONResponse:
     settings = c.settings
     checks: dict[str, Any] = {}
     try:
@@ -50,7 +53,7 @@ def _readiness(c: ContainerDep) -> JSONResponse:
         checks["broker"] = "inline"
     loaded = c.embedders.loaded()
     checks["models"] = loaded
-    checks["degraded"] = _degraded(c)
+    checks["degraded"] = _degraded(c, authorization)
     model_ok = not settings.embedder.preload or bool(loaded)
     ok = checks["database"] == "ok" and checks["broker"] in ("ok", "inline") and model_ok
     return JSONResponse(
@@ -58,13 +61,23 @@ def _readiness(c: ContainerDep) -> JSONResponse:
     )
 
 
-def _degraded(c: ContainerDep) -> dict[str, str]:
-    """Collections whose segments failed verification, by name."""
+def _reader(c: ContainerDep, authorization: str | None) -> Grant | None:
+    """The caller's grant when it holds ``read`` (or auth is off), else None. Never raises: a
+    probe must report, not fail."""
+    try:
+        return c.keys.check(authorization, "read")
+    except Exception:
+        return None
+
+
+def _degraded(c: ContainerDep, authorization: str | None = None) -> dict[str, str]:
+    """Collections whose segments failed verification, by name (those the caller may see)."""
     if "segments" not in c.__dict__:
         return {}
     broken = c.segments.degraded()
     if not broken:
         return {}
+    grant = _reader(c, authorization)
     from sqlalchemy import select
 
     from core.db import session_scope
@@ -77,7 +90,17 @@ def _degraded(c: ContainerDep) -> dict[str, str]:
                 select(Collection.id, Collection.name).where(Collection.id.in_(list(broken)))
             )
         }
-    return {names.get(cid, f"#{cid}"): reason for cid, reason in broken.items()}
+    shown: dict[str, str] = {}
+    hidden = 0
+    for cid, reason in broken.items():
+        name = names.get(cid, f"#{cid}")
+        if grant is not None and grant.covers(names.get(cid)):
+            shown[name] = reason
+        else:
+            hidden += 1
+    if hidden:  # "*" is no collection name
+        shown["*"] = f"{hidden} collection(s) degraded; a read key for them shows which"
+    return shown
 
 
 def _ping_broker(url: str) -> str:

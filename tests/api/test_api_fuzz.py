@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,14 @@ LIMITS = {
     "QUARRY_LIMITS__MAX_K": "50",
     "QUARRY_LIMITS__MAX_REQUEST_BYTES": "65536",
 }
+API_KEY = "fuzz-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Rejections a negative case may get: 413 answers a batch over the server's limits.
+REJECTED = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 REQUEST_TIMEOUT_S = 10.0
-# Examples per operation and generation mode; 16 operations x 2 modes; operations without
-# parameters stop early (Hypothesis exhausts them), the others make up the >= 1,000 total.
-MAX_EXAMPLES = 45
+# Examples per operation and generation mode (16 operations); operations without parameters
+# stop early (Hypothesis exhausts them), the others make up the >= 1,000 total.
+MAX_EXAMPLES = {"positive": 100, "negative": 60}
 MIN_TOTAL_CASES = 1000
 
 
@@ -144,6 +148,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "QUARRY_EMBEDDER__DEVICE": "cpu",
         "QUARRY_EMBEDDER__DEFAULT_MODEL": str(model),
         "QUARRY_ENV": "test",
+        "QUARRY_API_KEYS": API_KEY,
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         **LIMITS,
@@ -160,50 +165,80 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.stop()
 
 
-def _seed(client: httpx.Client) -> None:
-    """(Re)create the seed collection and its documents if the fuzzing deleted them."""
-    if client.get(f"/v1/collections/{SEED_COLLECTION}").status_code == 200:
-        return
-    r = client.post("/v1/collections", json={"name": SEED_COLLECTION})
-    assert r.status_code == 201, r.text
-    r = client.post(f"/v1/collections/{SEED_COLLECTION}/documents", json={"documents": SEED_DOCS})
-    assert r.status_code == 202, r.text
-    job_id = r.json()["job"]["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = client.get(f"/v1/jobs/{job_id}").json()["state"]
-        if state in ("succeeded", "failed", "cancelled"):
-            assert state == "succeeded", state
-            return
-        time.sleep(0.1)
-    pytest.fail("the seed ingest job never finished")
+@dataclass
+class Seed:
+    """A collection with documents (and the job that indexed them) for cases to hit."""
+
+    client: httpx.Client
+    job_id: str = ""
+
+    def ensure(self) -> None:
+        """(Re)create the collection and its documents if the fuzzing deleted them."""
+        if self.client.get(f"/v1/collections/{SEED_COLLECTION}").status_code == 404:
+            r = self.client.post("/v1/collections", json={"name": SEED_COLLECTION})
+            assert r.status_code == 201, r.text
+        r = self.client.post(
+            f"/v1/collections/{SEED_COLLECTION}/documents", json={"documents": SEED_DOCS}
+        )
+        assert r.status_code == 202, r.text
+        job = r.json()["job"]
+        deadline = time.monotonic() + 60
+        while job["state"] not in ("succeeded", "failed", "cancelled"):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the seed ingest job never finished: {job}")
+            time.sleep(0.05)
+            job = self.client.get(f"/v1/jobs/{job['id']}").json()
+        assert job["state"] == "succeeded", job
+        self.job_id = self.job_id or job["id"]
+
+    def path_parameters(self, operation: Any) -> list[dict[str, str]]:
+        """Path parameters that name existing things (random ones only ever miss them)."""
+        names = {p.name for p in operation.path_parameters}
+        if "doc_id" in names:
+            return [{"name": SEED_COLLECTION, "doc_id": d["id"]} for d in SEED_DOCS]
+        if "name" in names:
+            return [{"name": SEED_COLLECTION}]
+        if "job_id" in names:
+            return [{"job_id": self.job_id}]
+        return []
 
 
-def _aim_at_seed(case: Any, aim: bool) -> Any:
-    """Point a positive case at the seed collection (random names only ever miss it)."""
-    if not aim:
-        return case
-    if "name" in case.path_parameters:
-        case.path_parameters["name"] = SEED_COLLECTION
+def _aim_body(case: Any) -> Any:
+    """Point a search at the seed collection."""
     if isinstance(case.body, dict) and isinstance(case.body.get("collection"), str):
         case.body["collection"] = SEED_COLLECTION
     return case
 
 
+def _strategy(operation: Any, mode: Any, seed: Seed) -> Any:
+    """Cases of ``mode``: random ones and ones aimed at the seed, with the key (so that
+    negative cases break the request itself, not only leave out the key) and without it."""
+    from hypothesis import strategies as st
+
+    branches = [operation.as_strategy(generation_mode=mode, headers=AUTH)]
+    branches += [
+        operation.as_strategy(generation_mode=mode, headers=AUTH, path_parameters=fixed)
+        for fixed in seed.path_parameters(operation)
+    ]
+    if mode.is_positive:
+        branches.append(branches[0].map(_aim_body))
+    elif operation.definition.raw.get("security"):  # schema.auth adds the key unless negated
+        branches.append(operation.as_strategy(generation_mode=mode))
+    return st.one_of(branches)
+
+
 @dataclass
 class Tally:
     cases: int = 0
-    by_operation: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
 
-def _run_operation(
-    operation: Any, mode: Any, base: str, tally: Tally, seed: Callable[[], None]
-) -> None:
+def _run_operation(operation: Any, mode: Any, base: str, tally: Tally, seed: Seed) -> None:
     import requests
     from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import strategies as st
+    from hypothesis.errors import Unsatisfiable
     from schemathesis.checks import not_a_server_error
     from schemathesis.specs.openapi.checks import (
         content_type_conformance,
@@ -218,16 +253,14 @@ def _run_operation(
         content_type_conformance,
         response_schema_conformance,
     ]
-    strategy = operation.as_strategy(generation_mode=mode)
-    if mode.is_positive:
-        strategy = st.tuples(strategy, st.booleans()).map(lambda t: _aim_at_seed(*t))
-    else:
+    if not mode.is_positive:
         checks.append(negative_data_rejection)
+    seed.ensure()
     label = f"{operation.label} [{mode.value}]"
     session = requests.Session()
 
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=MAX_EXAMPLES[mode.value],
         deadline=None,
         derandomize=True,
         database=None,
@@ -235,10 +268,9 @@ def _run_operation(
         suppress_health_check=list(HealthCheck),
         print_blob=False,
     )
-    @given(case=strategy)
+    @given(case=_strategy(operation, mode, seed))
     def check(case: Any) -> None:
         tally.cases += 1
-        tally.by_operation[label] = tally.by_operation.get(label, 0) + 1
         try:
             response = case.call(base_url=base, session=session, timeout=REQUEST_TIMEOUT_S)
         except requests.Timeout:
@@ -246,13 +278,20 @@ def _run_operation(
                 f"no answer within {REQUEST_TIMEOUT_S}s: {case.as_curl_command()}"
             ) from None
         tally.statuses[response.status_code] = tally.statuses.get(response.status_code, 0) + 1
+        key = f"{label} {response.status_code}"
+        tally.by_status[key] = tally.by_status.get(key, 0) + 1
+        if os.environ.get("FUZZ_DEBUG") and response.status_code == 422 and mode.is_positive:
+            print("DEBUG", label, response.text[:300])
         case.validate_response(response, checks=checks)
 
-    seed()
     try:
         check()
     except (KeyboardInterrupt, SystemExit):
         raise
+    except Unsatisfiable:
+        # Nothing to negate: the operation takes no parameters (e.g. /healthz).
+        if mode.is_positive:
+            tally.failures.append(f"{label}: no case could be generated")
     except BaseException as exc:  # every operation runs; failures are reported together
         tally.failures.append(f"{label}: {type(exc).__name__}: {str(exc)[:3000]}")
     finally:
@@ -263,25 +302,44 @@ def test_fuzz_the_openapi_schema(server: Server) -> None:
     import schemathesis
     from schemathesis import GenerationMode
 
-    schema = schemathesis.openapi.from_url(f"{server.base}/openapi.json", timeout=30)
+    from schemathesis.config import SchemathesisConfig
+
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"negative_data_rejection": {"expected-statuses": REJECTED}}}
+    )
+    schema = schemathesis.openapi.from_url(
+        f"{server.base}/openapi.json", config=config, timeout=30
+    )
+
+    @schema.auth()
+    class BearerKey:
+        """The server's key on every case, except those that leave the key out on purpose."""
+
+        def get(self, case: Any, ctx: Any) -> str:
+            return API_KEY
+
+        def set(self, case: Any, data: str, ctx: Any) -> None:
+            case.headers["Authorization"] = f"Bearer {data}"
+
     operations = [result.ok() for result in schema.get_all_operations()]
     # Deleting the seed collection last in each mode keeps the others on a populated one.
     operations.sort(key=lambda op: (op.method.upper() == "DELETE", op.path, op.method))
     assert len(operations) >= 16, [op.label for op in operations]
     tally = Tally()
     start = time.monotonic()
-    with httpx.Client(base_url=server.base, timeout=30) as client:
+    with httpx.Client(base_url=server.base, headers=AUTH, timeout=30) as client:
+        seed = Seed(client)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             for operation in operations:
-                _run_operation(operation, mode, server.base, tally, lambda: _seed(client))
+                _run_operation(operation, mode, server.base, tally, seed)
                 if server.proc.poll() is not None:
                     pytest.fail("the API died\n" + server.tail())
     elapsed = time.monotonic() - start
     print(
         f"\n{tally.cases} cases in {elapsed:.0f}s; statuses {dict(sorted(tally.statuses.items()))}"
     )
-    for label, n in sorted(tally.by_operation.items()):
+    for label, n in sorted(tally.by_status.items()):
         print(f"  {n:4d}  {label}")
     assert not tally.failures, "\n\n".join(tally.failures) + "\n" + server.tail(40)
-    assert tally.cases >= MIN_TOTAL_CASES, tally.by_operation
+    assert tally.cases >= MIN_TOTAL_CASES, tally.by_status
     assert "Traceback" not in server.log_path.read_text(errors="replace"), server.tail()

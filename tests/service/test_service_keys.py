@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -65,7 +66,9 @@ def _store(
     return KeyStore(configured, sessions)
 
 
-def _create(sessions: sessionmaker[Session], name: str, scopes: str = "read,write", **kw) -> str:
+def _create(
+    sessions: sessionmaker[Session], name: str, scopes: str = "read,write", **kw: Any
+) -> str:
     with session_scope(sessions) as s:
         return create_key(s, name, scopes, **kw)
 
