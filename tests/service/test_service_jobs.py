@@ -182,3 +182,98 @@ def test_compaction_of_a_fully_deleted_collection_retires_everything(runtime: Co
     assert n == 0 and job.state == JobState.SUCCEEDED
     with session_scope(runtime.sessions) as s:
         assert active_segments(s, cid) == []
+
+
+class _Recorder:
+    """A dispatcher that only records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def submit(self, kind: JobKind, job_id: str) -> None:
+        self.sent.append((str(kind), job_id))
+
+    def close(self) -> None:
+        pass
+
+
+def _with_recorder(c: Container) -> _Recorder:
+    recorder = _Recorder()
+    c.__dict__["dispatcher"] = recorder
+    return recorder
+
+
+def test_reaper_resends_a_job_whose_worker_lease_expired(runtime: Container) -> None:
+    from datetime import timedelta
+
+    from core.models import utcnow
+
+    _, job_id = _job(runtime)
+    recorder = _with_recorder(runtime)
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        job.state, job.attempts = JobState.RUNNING, 1
+        job.lease_owner = "dead-host:1:1"
+        job.lease_expires_at = utcnow() + timedelta(seconds=30)
+    assert jobs.reap(runtime).expired == []  # the lease is still valid: leave it alone
+    with session_scope(runtime.sessions) as s:
+        s.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
+    report = jobs.reap(runtime)
+    assert report.expired == [job_id] and recorder.sent == [("ingest", job_id)]
+    assert jobs.reap(runtime).expired == []  # once only
+    with session_scope(runtime.sessions) as s:
+        assert s.get(Job, job_id).state == JobState.QUEUED
+    assert jobs.run_ingest(runtime, job_id) == len(TEXTS)
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.SUCCEEDED and job.attempts == 2 and job.lease_owner is None
+
+
+def test_reaper_resends_a_queued_job_with_a_lost_message(runtime: Container) -> None:
+    _, job_id = _job(runtime)  # committed, never dispatched (the API died before sending)
+    recorder = _with_recorder(runtime)
+    assert jobs.reap(runtime).resent == []  # younger than requeue_after_s
+    assert jobs.reap(runtime, requeue_after_s=0.0).resent == [job_id]
+    assert recorder.sent == [("ingest", job_id)]
+
+
+def test_reaper_gives_up_after_max_attempts(runtime: Container) -> None:
+    from datetime import timedelta
+
+    from core.models import utcnow
+
+    _, job_id = _job(runtime)
+    _with_recorder(runtime)
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        job.state, job.attempts = JobState.RUNNING, runtime.settings.jobs.max_attempts
+        job.lease_expires_at = utcnow() - timedelta(seconds=1)
+    assert jobs.reap(runtime).given_up == [job_id]
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.FAILED and "attempts" in (job.error or "")
+
+
+def test_a_running_job_stops_when_cancelled(runtime: Container) -> None:
+    from core.jobs import cancel_jobs
+
+    cid, job_id = _job(runtime)
+    seen: list[int] = []
+    real_commit = jobs._commit_chunk
+
+    def commit_then_cancel(*args: object, **kwargs: object) -> int:
+        n = real_commit(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(n)
+        with session_scope(runtime.sessions) as s:
+            cancel_jobs(s, cid)
+        return n
+
+    jobs._commit_chunk = commit_then_cancel  # type: ignore[assignment]
+    try:
+        assert jobs.run_ingest(runtime, job_id) == 0
+    finally:
+        jobs._commit_chunk = real_commit  # type: ignore[assignment]
+    assert seen == [16]  # one chunk, then it stopped
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job.state == JobState.CANCELLED and job.lease_owner is None
