@@ -18,6 +18,13 @@ Metric = Literal["cosine", "ip", "l2"]
 METRICS: tuple[str, ...] = get_args(Metric)
 
 
+def check_metric(metric: str) -> Metric:
+    """Return ``metric`` typed as :data:`Metric`, or raise :class:`InvalidRequest`."""
+    if metric not in METRICS:
+        raise InvalidRequest(f"Invalid metric {metric!r}. Valid metrics: {', '.join(METRICS)}")
+    return metric  # type: ignore[return-value]
+
+
 def validate_name(name: str) -> None:
     if not NAME_RE.match(name):
         raise InvalidRequest(
@@ -39,8 +46,7 @@ def create_collection(
 ) -> Collection:
     """Insert a collection; raises :class:`CollectionExists` if the name is taken."""
     validate_name(name)
-    if metric not in METRICS:
-        raise InvalidRequest(f"Invalid metric {metric!r}. Valid metrics: {', '.join(METRICS)}")
+    check_metric(metric)
     if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
         raise CollectionExists(f"Collection {name!r} already exists")
     coll = Collection(

@@ -54,8 +54,6 @@ from indexer.segment import (
     write_segment,
 )
 from indexer.spec import (
-    METRICS,
-    Metric,
     build_index,
     min_training_vectors,
     set_search_params,
@@ -65,11 +63,9 @@ from indexer.spec import (
 __all__ = [
     "FALLBACK_SPEC",
     "FRESH_SEGMENT_SPEC",
-    "METRICS",
     "RETIRED_GRACE_S",
     "LexicalIndex",
     "LoadedSegment",
-    "Metric",
     "SegmentCache",
     "active_segments",
     "build_index",

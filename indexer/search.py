@@ -9,9 +9,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from core.collections import Metric, check_metric
 from core.errors import InvalidRequest, SegmentCorrupt
 from indexer.segment import LoadedSegment
-from indexer.spec import Metric, as_id_set, as_vectors, check_metric, find_hnsw
+from indexer.spec import as_id_set, as_vectors, find_hnsw
 from indexer.torch_flat import TorchFlatIndex
 
 logger = logging.getLogger(__name__)

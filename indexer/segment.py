@@ -35,6 +35,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from core.collections import METRICS, Metric, check_metric
 from core.errors import InvalidRequest, QuarryError, SegmentCorrupt
 from indexer.gpu import maybe_to_gpu
 from indexer.integrity import (
@@ -53,7 +54,7 @@ from indexer.lexical import (
     build_lexical,
     load_lexical,
 )
-from indexer.spec import METRICS, Metric, as_ids, as_vectors, build_index, check_metric
+from indexer.spec import as_ids, as_vectors, build_index
 
 logger = logging.getLogger(__name__)
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator
-from typing import Any, Literal, get_args
+from typing import Any
 
 import faiss
 import numpy as np
 
+from core.collections import Metric, check_metric
 from core.errors import InvalidIndexSpec, InvalidRequest
 
 logger = logging.getLogger(__name__)
-
-Metric = Literal["cosine", "ip", "l2"]
-METRICS: tuple[str, ...] = get_args(Metric)
 
 SPEC_EXAMPLES = "Flat, IVF256,Flat, HNSW32, IVF64,PQ16, PQ16"
 DEFAULT_NPROBE = 16
@@ -30,13 +28,6 @@ def faiss_message(exc: BaseException) -> str:
     text = str(exc).strip()
     match = _FAISS_MSG.search(text)
     return (match.group("msg") if match else text).strip()
-
-
-def check_metric(metric: str) -> Metric:
-    """Return ``metric`` typed as :data:`Metric`, or raise :class:`InvalidRequest`."""
-    if metric not in METRICS:
-        raise InvalidRequest(f"Invalid metric {metric!r}. Valid metrics: {', '.join(METRICS)}")
-    return metric  # type: ignore[return-value]
 
 
 def faiss_metric(metric: Metric) -> int:

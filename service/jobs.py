@@ -61,6 +61,7 @@ from indexer import (
     FRESH_SEGMENT_SPEC,
     active_segments,
     build_lexical,
+    collection_dir,
     commit_segment,
     compact_lexical,
     compact_vectors,
@@ -323,7 +324,7 @@ def _compact(c: Container, job_id: str, lease: Lease, coll: Collection) -> int:
         with session_scope(c.sessions) as s:
             finish(s, get_job(s, job_id))
         return 0
-    paths = [c.segments_root / str(coll.id) / seg.name for seg in segments]
+    paths = [collection_dir(c.segments_root, coll.id) / seg.name for seg in segments]
     sums = [seg.checksums for seg in segments]
     ids, vectors = compact_vectors(paths, drop, checksums=sums)
     lease.check()
