@@ -218,12 +218,19 @@ def verify(
 ) -> None:
     """Check every segment file against the manifest's checksums (and repair with --repair)."""
     from service import build
+    from service.ingest import follow_jobs
     from service.integrity import verify as verify_collections
 
     with build(_setup()) as c:
         report = verify_collections(c, collection, repair=repair)
-    for line in report.lines():
-        typer.echo(line)
+        for line in report.lines():
+            typer.echo(line)
+        jobs = [p.repair_job for p in report.corrupt if p.repair_job]
+        if jobs:
+            done, failed = follow_jobs(c, jobs)
+            if failed:
+                raise QuarryError(f"Repair job(s) failed: {failed}")
+            typer.echo(f"Repaired: {done} document(s) embedded again")
     if report.corrupt and not repair:
         raise QuarryError(
             f"{len(report.corrupt)} corrupt segment(s); run `quarry verify --repair` to rebuild"
