@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from api.deps import require
-from api.schemas import ErrorResponse, Readiness
+from api.schemas import ErrorResponse
 from core.settings import Limits, Settings
 
 _STATIC = "/docs/static"
@@ -32,21 +32,6 @@ _ERRORS = {
 
 
 _ERROR_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
-# Routes whose successful answer is not the default JSON body FastAPI infers (until the
-# routes declare it themselves, see ``_declared``): method, path -> responses.
-_READINESS_REF = {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}
-_SPECIAL_RESPONSES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
-    ("get", "/metrics"): {
-        "200": {
-            "description": "Prometheus metrics (text exposition format)",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-        }
-    },
-    ("get", "/readyz"): {
-        "200": {"description": "Ready", "content": _READINESS_REF},
-        "503": {"description": "Not ready (see checks)", "content": _READINESS_REF},
-    },
-}
 
 
 def _declared(response: dict[str, Any]) -> bool:
@@ -66,7 +51,7 @@ def _set_limits(components: dict[str, Any], limits: Limits) -> None:
     props["query"].update(text_max)
     docs = components["DocumentsIngest"]["properties"]["documents"]
     docs["maxItems"] = limits.max_batch_docs
-    components["DocumentInput"]["properties"]["text"].update(text_max)
+    components["DocumentIn"]["properties"]["text"].update(text_max)
     inputs = components["EmbedRequest"]["properties"]["inputs"]
     inputs["maxItems"] = limits.max_embed_inputs
     inputs["items"].update(text_max)
@@ -85,17 +70,16 @@ def _schema(app: FastAPI, limits: Limits) -> dict[str, Any]:
         title=app.title, version=app.version, description=app.description, routes=app.routes
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ErrorResponse, Readiness):
+    for model in (ErrorResponse,):
         sub_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(sub_schema.pop("$defs", {}))
         components[model.__name__] = sub_schema
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
     _set_limits(components, limits)
-    for path, path_item in schema.get("paths", {}).items():
-        for method, operation in path_item.items():
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
             responses = operation.setdefault("responses", {})
-            responses.update(_SPECIAL_RESPONSES.get((method, path), {}))
             for status, description in _ERRORS.items():
                 if status not in responses or not _declared(responses[status]):
                     responses[status] = {"description": description, "content": _ERROR_REF}

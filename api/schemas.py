@@ -6,33 +6,19 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from core.collections import NAME_RE, Metric
 from core.documents import DocumentIn
 from core.models import Collection, Job
+from core.text import NO_NUL_PATTERN, CleanStr, clean_text, keys_as_property_names
 
-#: What every request string must match: no NUL character (Postgres rejects it in text).
-NO_NUL_PATTERN = "^[^\\u0000]*$"
 #: A query or text to embed: no NUL, and not only whitespace.
 NON_BLANK_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
 #: A collection name, as :func:`core.collections.validate_name` checks it (``$`` is the end of
 #: the text in JSON Schema and pydantic, unlike Python's ``re``).
 NAME_PATTERN = NAME_RE.pattern
-#: Nesting depth allowed in document metadata (objects and arrays).
-MAX_METADATA_DEPTH = 32
 _INT64 = (-(2**63), 2**63 - 1)
-
-
-def _clean(value: str) -> str:
-    """A string the database can store and a JSON response can carry."""
-    if "\x00" in value:
-        raise ValueError("NUL characters (\\u0000) are not allowed")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("not valid Unicode (a lone surrogate code point)") from None
-    return value
 
 
 def _collection_name(value: str) -> str:
@@ -49,38 +35,29 @@ def _as_utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _metadata(value: dict[str, Any]) -> dict[str, Any]:
-    """Metadata the database stores and the API answers with: clean strings (keys
-    included), finite numbers, bounded nesting. Walked without recursion."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            if depth > MAX_METADATA_DEPTH:
-                raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
-            if isinstance(item, dict):
-                for key, sub in item.items():
-                    if not isinstance(key, str):
-                        raise ValueError("object keys must be strings")
-                    _clean(key)
-                    stack.append((sub, depth + 1))
-            else:
-                stack.extend((sub, depth + 1) for sub in item)
-        elif isinstance(item, str):
-            _clean(item)
-        elif isinstance(item, float) and not math.isfinite(item):
+def _filter_scalar(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return value
+        try:  # compared as a number, like the JSON it came from
+            return float(value)
+        except OverflowError:
+            raise ValueError("a number too large to compare") from None
+    if isinstance(value, float):
+        if not math.isfinite(value):
             raise ValueError("numbers must be finite (no NaN or Infinity)")
-    return value
+        return value
+    raise ValueError("a filter value is a string, a number, a boolean or a list of them")
 
 
-def _keys_as_property_names(schema: dict[str, Any]) -> None:
-    """JSON Schema of a dict with constrained keys: every key obeys ``propertyNames`` (pydantic
-    writes the key pattern as ``patternProperties``, which leaves other keys unconstrained)."""
-    patterns = schema.pop("patternProperties", None)
-    if patterns:
-        ((pattern, values),) = patterns.items()
-        schema["additionalProperties"] = values
-        schema.setdefault("propertyNames", {})["pattern"] = pattern
+def _filter_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_filter_scalar(v) for v in value]
+    return _filter_scalar(value)
 
 
 def _texts_only(schema: dict[str, Any]) -> None:
@@ -95,14 +72,10 @@ def _texts_only(schema: dict[str, Any]) -> None:
     schema["description"] = "A text or a list of texts (token ids are not supported)"
 
 
-#: A request string: no NUL, valid Unicode.
-CleanStr = Annotated[
-    str, AfterValidator(_clean), Field(json_schema_extra={"pattern": NO_NUL_PATTERN})
-]
 #: A query or a text to embed; whitespace-only ones are refused by the route (422).
 NonBlankStr = Annotated[
     str,
-    AfterValidator(_clean),
+    AfterValidator(clean_text),
     Field(min_length=1, json_schema_extra={"pattern": NON_BLANK_PATTERN}),
 ]
 CollectionName = Annotated[
@@ -111,18 +84,26 @@ CollectionName = Annotated[
     Field(json_schema_extra={"pattern": NAME_PATTERN}, examples=["papers"]),
 ]
 UtcDateTime = Annotated[datetime, AfterValidator(_as_utc)]
-Metadata = Annotated[
-    dict[CleanStr, Any],
-    AfterValidator(_metadata),
-    Field(json_schema_extra=_keys_as_property_names),
+_SCALAR_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "string", "pattern": NO_NUL_PATTERN},
+    {"type": "number"},
+    {"type": "boolean"},
 ]
-Int64 = Annotated[int, Field(ge=_INT64[0], le=_INT64[1])]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-JsonScalar = CleanStr | Int64 | FiniteFloat | bool
-# Empty keys and empty lists are refused by core.documents with a clearer message than a
-# union's validation errors: the schema documents them, the validation leaves them to it.
+#: A filter's value: a scalar or a non-empty list of them ("any of"); an empty list is
+#: refused by ``core.documents`` with a message of its own.
+FilterValue = Annotated[
+    Any,
+    AfterValidator(_filter_value),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                *_SCALAR_SCHEMAS,
+                {"type": "array", "items": {"anyOf": _SCALAR_SCHEMAS}, "minItems": 1},
+            ]
+        }
+    ),
+]
 FilterKey = Annotated[CleanStr, Field(json_schema_extra={"minLength": 1})]
-FilterValues = Annotated[list[JsonScalar], Field(json_schema_extra={"minItems": 1})]
 
 
 class CollectionCreate(BaseModel):
@@ -179,23 +160,10 @@ class CollectionsPublic(BaseModel):
     count: int
 
 
-class DocumentInput(BaseModel):
-    """A document to ingest. Its id may contain "/" (``GET .../documents/a/b`` finds it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: CleanStr = Field(..., min_length=1, max_length=512, description="Your id for it")
-    text: CleanStr = Field(..., min_length=1)
-    metadata: Metadata = Field(default_factory=dict)
-
-    def to_domain(self) -> DocumentIn:
-        return DocumentIn(id=self.id, text=self.text, metadata=self.metadata)
-
-
 class DocumentsIngest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    documents: list[DocumentInput] = Field(..., min_length=1)
+    documents: list[DocumentIn] = Field(..., min_length=1)
 
 
 class DocumentPublic(BaseModel):
@@ -274,10 +242,10 @@ class SearchRequest(BaseModel):
     collection: CleanStr = Field(..., min_length=1)
     query: NonBlankStr = Field(..., description="Not only whitespace")
     k: int = Field(10, ge=1, description="At most the server's QUARRY_LIMITS__MAX_K")
-    filters: dict[FilterKey, JsonScalar | FilterValues] = Field(
+    filters: dict[FilterKey, FilterValue] = Field(
         default_factory=dict,
         description="Metadata equality; a list means any of its values",
-        json_schema_extra=_keys_as_property_names,
+        json_schema_extra=keys_as_property_names,
     )
     mode: Literal["dense", "lexical", "hybrid"] = Field(
         "dense", description="dense (FAISS), lexical (BM25) or hybrid (reciprocal rank fusion)"

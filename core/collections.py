@@ -26,7 +26,7 @@ def check_metric(metric: str) -> Metric:
 
 
 def validate_name(name: str) -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidRequest(
             f"Invalid collection name {name!r}: use 1-128 letters, digits, '_', '.', '-', "
             "starting with a letter or digit."
@@ -68,6 +68,8 @@ def create_collection(
 
 
 def get_collection(session: Session, name: str) -> Collection:
+    if not NAME_RE.fullmatch(name):  # cannot exist; and Postgres refuses some (NUL) in SQL
+        raise CollectionNotFound(f"Collection {name!r} does not exist")
     coll = session.scalar(select(Collection).where(Collection.name == name))
     if coll is None:
         raise CollectionNotFound(f"Collection {name!r} does not exist")

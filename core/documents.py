@@ -21,17 +21,19 @@ from sqlalchemy.orm import Session
 
 from core.errors import DocumentNotFound, InvalidRequest
 from core.models import Collection, DocState, Document
+from core.text import CleanStr, Metadata
 
 _CHUNK = 500  # bound IN (...) lists; SQLite allows ~32k parameters, Postgres 65k
 
 
 @pydantic_dataclass(frozen=True, config=ConfigDict(extra="forbid"))
 class DocumentIn:
-    """A document as submitted for ingest (the API body, a JSONL line, a BEIR corpus line)."""
+    """A document to ingest (the API body, a JSONL line, a BEIR corpus line). Its id may
+    contain "/" (``GET .../documents/a/b`` finds it)."""
 
-    id: Annotated[str, Field(min_length=1, max_length=512, description="Your id for it")]
-    text: Annotated[str, Field(min_length=1)]
-    metadata: dict[str, Any] = field(default_factory=dict)
+    id: Annotated[CleanStr, Field(min_length=1, max_length=512, description="Your id for it")]
+    text: Annotated[CleanStr, Field(min_length=1)]
+    metadata: Metadata = field(default_factory=dict)
 
 
 @dataclass
@@ -117,6 +119,8 @@ def upsert_documents(
 
 
 def get_document(session: Session, collection_id: int, external_id: str) -> Document:
+    if "\x00" in external_id:  # never stored (refused at ingest); Postgres rejects it in SQL
+        raise DocumentNotFound(f"Document {external_id!r} does not exist")
     doc = session.scalar(
         select(Document).where(
             Document.collection_id == collection_id,
@@ -132,7 +136,8 @@ def get_document(session: Session, collection_id: int, external_id: str) -> Docu
 def delete_documents(session: Session, collection: Collection, external_ids: Sequence[str]) -> int:
     """Tombstone documents; returns how many live documents were deleted."""
     deleted = 0
-    for chunk in _chunks(list(dict.fromkeys(external_ids))):
+    ids = [i for i in dict.fromkeys(external_ids) if "\x00" not in i]  # never stored
+    for chunk in _chunks(ids):
         res = session.execute(
             update(Document)
             .where(
@@ -179,10 +184,14 @@ def _equals(key: str, value: Any) -> ColumnElement[bool]:
     if isinstance(value, bool):
         return field_.as_boolean() == value
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:  # beyond a 64-bit integer: compare as a number
+            return field_.as_float() == float(value)
         return field_.as_integer() == value
     if isinstance(value, float):
         return field_.as_float() == value
     if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidRequest(f"Filter on {key!r}: NUL characters are not allowed")
         return field_.as_string() == value
     raise InvalidRequest(
         f"Filter on {key!r}: only equality on strings, numbers and booleans is supported"

@@ -38,6 +38,8 @@ def create_job(
 
 
 def get_job(session: Session, job_id: str) -> Job:
+    if not job_id.isalnum():  # ids are hex; anything else cannot exist (and NUL breaks SQL)
+        raise JobNotFound(f"Job {job_id!r} does not exist")
     job = session.get(Job, job_id)
     if job is None:
         raise JobNotFound(f"Job {job_id!r} does not exist")

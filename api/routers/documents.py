@@ -14,10 +14,10 @@ from api.schemas import (
     DocumentsIngest,
     IngestAccepted,
     JobPublic,
-    NO_NUL_PATTERN,
 )
 from core.errors import InvalidRequest, PayloadTooLarge
 from core.models import Document, JobKind
+from core.text import NO_NUL_PATTERN
 from service import documents as use
 from service.ingest import ingest
 
@@ -57,7 +57,7 @@ def ingest_documents(
                 f"Document {doc.id!r} has {len(doc.text)} characters; the limit is "
                 f"{limits.max_text_chars}"
             )
-    outcome = ingest(c, name, [doc.to_domain() for doc in body.documents])
+    outcome = ingest(c, name, body.documents)
     if outcome.queued:
         state.metrics.jobs_enqueued.labels(JobKind.INGEST).inc()
     return IngestAccepted(

@@ -6,11 +6,12 @@ from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from api.deps import AuthHeader, ContainerDep, StateDep, require
+from api.schemas import Readiness
 from service.keys import Grant
 
 router = APIRouter(tags=["health"])
@@ -26,7 +27,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        200: {"model": Readiness, "description": "Ready"},
+        503: {"model": Readiness, "description": "Not ready (see checks)"},
+    },
+    # Open to probes; a read key only adds the names of degraded collections it reaches.
+    openapi_extra={"security": [{}, {"HTTPBearer": []}]},
+)
 async def readyz(c: ContainerDep, authorization: AuthHeader) -> JSONResponse:
     """Readiness: database and broker reachable, default model loaded; degraded collections.
 
@@ -127,5 +137,17 @@ def metrics_router(open_metrics: bool) -> APIRouter:
     """``/metrics``, open or behind the ``read`` scope (``QUARRY_AUTH__OPEN_METRICS``)."""
     r = APIRouter(tags=["health"])
     deps = [] if open_metrics else [Depends(require("read"))]
-    r.add_api_route("/metrics", metrics, methods=["GET"], dependencies=deps)
+    r.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        dependencies=deps,
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus metrics (text exposition format)",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     return r

@@ -62,3 +62,40 @@ def test_filters_and_delete(sessions) -> None:
         assert set(filtered_ids(s, coll.id, {"lang": "en"})) == {ids["c"]}
         with pytest.raises(InvalidRequest):
             filtered_ids(s, coll.id, {"lang": {"$ne": "en"}})
+
+
+@pytest.mark.services
+def test_ids_with_nul_are_not_found_on_postgres(pg_url: str) -> None:
+    """Postgres refuses NUL in SQL text: such names and ids cannot exist, so they are 404s
+    (never a driver error) and ingest refuses them up front."""
+    from pydantic import ValidationError
+
+    from core.collections import get_collection
+    from core.documents import get_document
+    from core.errors import CollectionNotFound, DocumentNotFound, JobNotFound
+    from core.jobs import get_job
+    from core.migrate import upgrade
+
+    upgrade(pg_url)
+    engine = make_engine(pg_url)
+    try:
+        with session_scope(make_session_factory(engine)) as s:
+            coll = create_collection(s, name="nul-test", embedder="m", dim=4)
+            with pytest.raises(CollectionNotFound):
+                get_collection(s, "nul\x00test")
+            with pytest.raises(DocumentNotFound):
+                get_document(s, coll.id, "a\x00b")
+            with pytest.raises(JobNotFound):
+                get_job(s, "ab\x00cd")
+            assert delete_documents(s, coll, ["a\x00b"]) == 0
+            with pytest.raises(InvalidRequest, match="NUL"):
+                filtered_ids(s, coll.id, {"k": "a\x00"})
+            assert len(filtered_ids(s, coll.id, {"k": 2**70})) == 0
+    finally:
+        engine.dispose()
+    for bad in (
+        {"id": "a\x00", "text": "t"},
+        {"id": "a", "text": "t", "metadata": {"x": float("nan")}},
+    ):
+        with pytest.raises(ValidationError):
+            DocumentIn(**bad)
