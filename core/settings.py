@@ -45,6 +45,24 @@ class EmbedderSettings(BaseModel):
     compile: bool = False
 
 
+class RerankSettings(BaseModel):
+    """Rerankers: the default model, the allow-list, batching and request limits."""
+
+    # Used when a request names no model. Empty: the bi-encoder stand-in over the default
+    # embedder until a trained default ships.
+    default_model: str = "embedder:all-MiniLM-L6-v2"
+    # Models API clients may name besides the default and the packaged ones.
+    allowed_models: list[str] = Field(default_factory=list)
+    device: str = "auto"
+    batch_tokens: int = Field(16_384, ge=64)
+    max_batch_size: int = Field(256, ge=1)
+    # Request limits of /v1/rerank and the search rerank stage.
+    max_documents: int = Field(1000, ge=1)
+    max_query_chars: int = Field(4_000, ge=1)
+    max_document_chars: int = Field(20_000, ge=1)
+    preload: bool = False
+
+
 class IndexSettings(BaseModel):
     """Segment and compaction defaults."""
 
@@ -111,6 +129,7 @@ class Settings(BaseSettings):
     log_json: bool = False
     limits: Limits = Field(default_factory=Limits)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -1,3 +1,3 @@
-"""Neural rerankers and CTR models (not built yet)."""
+"""Rankers: text rerankers (:mod:`ranker.text`) and, next, CTR models (``ranker.ctr``)."""
 
 __all__: list[str] = []

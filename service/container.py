@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from embedder import EmbedderPool
     from indexer.cache import SegmentCache
+    from ranker.text import RerankerPool
     from service.dispatch import Dispatcher
     from service.keys import KeyStore
     from service.search import Searcher
@@ -79,6 +80,12 @@ class Container:
         from embedder import EmbedderPool
 
         return EmbedderPool.from_settings(self.settings)
+
+    @cached_property
+    def rerankers(self) -> RerankerPool:
+        from ranker.text import RerankerPool
+
+        return RerankerPool.from_settings(self.settings)
 
     @cached_property
     def segments(self) -> SegmentCache:
