@@ -2,7 +2,8 @@
 
 ``uvicorn --factory api.app:create_app`` or ``quarry serve``. The lifespan builds the
 container (:func:`service.build`), refuses to start on an unmigrated database or, with
-``QUARRY_ENV=prod``, without any API key; loads the default embedding model; and in the
+``QUARRY_ENV=prod``, without any API key; loads the default embedding model (and the default
+reranker with ``QUARRY_RERANK__PRELOAD``); and in the
 embedded mode resumes interrupted jobs and runs the housekeeping thread (reaper, clean-up).
 """
 
@@ -18,12 +19,13 @@ from api.docs import install_docs
 from api.errors import install_error_handlers
 from api.metrics import Metrics
 from api.middleware import BodySizeLimit, RequestMetrics
-from api.routers import collections, documents, embed, health, jobs, search
+from api.routers import collections, ctr, documents, embed, health, jobs, rerank, search
 from api.state import AppState
 from core.errors import QuarryError
 from core.settings import Settings, get_settings
 from service import Container, build
 from service.jobs import Housekeeper, collect_garbage, reap
+from service.rerank import default_reranker
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             _check_auth(c)
             if settings.embedder.preload:
                 c.embedders.get(settings.embedder.default_model)
+            if settings.rerank.preload:
+                c.rerankers.get(default_reranker(settings))
             if settings.resolved_task_mode == "inline":
                 _release_stale_leases(c)
                 housekeeper = _start_embedded_jobs(c)
@@ -91,7 +95,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         documents.router,
         jobs.router,
         search.router,
+        rerank.router,
         embed.router,
+        ctr.router,
     ):
         app.include_router(router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.limits.max_request_bytes)

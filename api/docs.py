@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.deps import require
 from api.schemas import ErrorResponse
-from core.settings import Limits, Settings
+from core.settings import Limits, RerankSettings, Settings
 
 _STATIC = "/docs/static"
 # Error statuses any route may answer with, documented once for every operation.
@@ -63,7 +63,23 @@ def _set_limits(components: dict[str, Any], limits: Limits) -> None:
             variant["items"].update(text_max)
 
 
-def _schema(app: FastAPI, limits: Limits) -> dict[str, Any]:
+def _set_rerank_limits(components: dict[str, Any], rerank: RerankSettings) -> None:
+    """Document the rerank limits (``QUARRY_RERANK__*``): too many documents is 413, a too
+    long query or document 422, too many search candidates 422."""
+    request = components["RerankRequest"]["properties"]
+    request["query"]["maxLength"] = rerank.max_query_chars
+    docs = request["documents"]
+    docs["maxItems"] = rerank.max_documents
+    for variant in docs["items"]["anyOf"]:
+        if variant.get("type") == "string":
+            variant["maxLength"] = rerank.max_document_chars
+    components["RerankDocument"]["properties"]["text"]["maxLength"] = rerank.max_document_chars
+    for variant in components["SearchRerank"]["properties"]["candidates"]["anyOf"]:
+        if variant.get("type") == "integer":
+            variant["maximum"] = rerank.max_documents
+
+
+def _schema(app: FastAPI, settings: Settings) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -76,7 +92,8 @@ def _schema(app: FastAPI, limits: Limits) -> dict[str, Any]:
         components[model.__name__] = sub_schema
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
-    _set_limits(components, limits)
+    _set_limits(components, settings.limits)
+    _set_rerank_limits(components, settings.rerank)
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             responses = operation.setdefault("responses", {})
@@ -92,10 +109,10 @@ def install_docs(app: FastAPI, settings: Settings) -> None:
     from swagger_ui_bundle import swagger_ui_path
 
     deps = [] if settings.auth.open_docs else [Depends(require("read"))]
-    app.openapi = lambda: _schema(app, settings.limits)  # type: ignore[method-assign]
+    app.openapi = lambda: _schema(app, settings)  # type: ignore[method-assign]
 
     async def openapi_json() -> JSONResponse:
-        return JSONResponse(_schema(app, settings.limits))
+        return JSONResponse(_schema(app, settings))
 
     async def swagger_ui() -> HTMLResponse:
         return get_swagger_ui_html(

@@ -10,8 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchem
 
 from core.collections import NAME_RE, Metric
 from core.documents import DocumentIn
-from core.models import Collection, Job
+from core.models import DEFAULT_BM25_B, DEFAULT_BM25_K1, Collection, Job
 from core.text import NO_NUL_PATTERN, CleanStr, clean_text, keys_as_property_names
+from service.ctr_events import EventIn, ItemIn
 
 #: A query or text to embed: no NUL, and not only whitespace.
 NON_BLANK_PATTERN = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
@@ -118,6 +119,19 @@ class CollectionCreate(BaseModel):
         "Flat", min_length=1, max_length=256, description="FAISS factory string used by compaction"
     )
     lexical: bool = Field(True, description="Keep a BM25 index for lexical and hybrid search")
+    bm25_k1: float = Field(
+        DEFAULT_BM25_K1,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="BM25 term-frequency saturation k1 (>= 0), applied at query time",
+    )
+    bm25_b: float = Field(
+        DEFAULT_BM25_B,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="BM25 document-length normalisation b (0 to 1), applied at query time",
+    )
     description: CleanStr | None = None
 
 
@@ -128,6 +142,8 @@ class CollectionPublic(BaseModel):
     metric: str
     index_spec: str
     lexical: bool
+    bm25_k1: float
+    bm25_b: float
     description: str | None
     manifest_version: int
     documents: dict[str, int] = Field(default_factory=dict)
@@ -146,6 +162,8 @@ class CollectionPublic(BaseModel):
             metric=c.metric,
             index_spec=c.index_spec,
             lexical=c.lexical,
+            bm25_k1=c.bm25_k1,
+            bm25_b=c.bm25_b,
             description=c.description,
             manifest_version=c.manifest_version,
             documents=documents,
@@ -236,6 +254,24 @@ class CompactRequest(BaseModel):
     )
 
 
+class SearchRerank(BaseModel):
+    """The rerank stage of a search: the first stage's top ``candidates`` reordered by a text
+    reranker, the best ``k`` returned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: CleanStr | None = Field(
+        None, max_length=512, description="A reranker; the server's default if unset"
+    )
+    candidates: int | None = Field(
+        None,
+        ge=1,
+        strict=True,
+        description="First-stage hits to rerank (default 100, at most the server's "
+        "QUARRY_RERANK__MAX_DOCUMENTS); the first stage fetches max(k, candidates)",
+    )
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -254,19 +290,26 @@ class SearchRequest(BaseModel):
         60, ge=1, le=1_000_000, description="k of reciprocal rank fusion (hybrid mode)"
     )
     include_text: bool = True
+    rerank: SearchRerank | None = Field(
+        None, description="Rerank the first stage's candidates with a text reranker"
+    )
 
 
 class SearchHit(BaseModel):
     id: str
-    score: float
+    score: float = Field(..., description="The reranker's score with a rerank stage")
     text: str | None = None
     metadata: dict[str, Any]
+    first_stage_score: float | None = Field(
+        None, description="With a rerank stage only: the first stage's score"
+    )
 
 
 class SearchResponse(BaseModel):
     collection: str
     data: list[SearchHit]
     timings: dict[str, float]
+    reranker: str | None = Field(None, description="With a rerank stage only: its reranker")
 
 
 class EmbedRequest(BaseModel):
@@ -330,3 +373,153 @@ class Readiness(BaseModel):
 
     status: Literal["ready", "not_ready"]
     checks: dict[str, Any]
+
+
+class RerankDocument(BaseModel):
+    """A document as an object (Cohere's form): its ``text``; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: NonBlankStr = Field(..., description="Not only whitespace")
+
+
+class RerankRequest(BaseModel):
+    """``POST /v1/rerank``, in the shape of Cohere's, TEI's and Infinity's rerank APIs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: NonBlankStr = Field(..., description="Not only whitespace")
+    documents: list[NonBlankStr | RerankDocument] = Field(
+        ...,
+        min_length=1,
+        description="Texts, or objects with a `text`; at most the server's "
+        "QUARRY_RERANK__MAX_DOCUMENTS (413 beyond)",
+    )
+    top_n: int | None = Field(
+        None, ge=1, strict=True, description="Return the best n (default: all)"
+    )
+    return_documents: bool = Field(False, description="Echo each result's text")
+    model: CleanStr | None = Field(
+        None, max_length=512, description="A reranker; the server's default if unset"
+    )
+
+
+class RerankedDocument(BaseModel):
+    text: str
+
+
+class RerankResult(BaseModel):
+    index: int = Field(..., description="Position of the document in the request")
+    relevance_score: float = Field(..., description="Higher is more relevant (per query)")
+    document: RerankedDocument | None = Field(None, description="With return_documents only")
+
+
+class RerankResponse(BaseModel):
+    model: str
+    results: list[RerankResult] = Field(..., description="Best first; ties in request order")
+    usage: dict[str, int]
+    timings: dict[str, float]
+
+
+# --- CTR: catalogue items, behaviour events, scoring --------------------------------------------
+
+#: A user or item id: 1-512 characters, no NUL.
+ExternalId = Annotated[CleanStr, Field(min_length=1, max_length=512)]
+
+
+class ItemsUpsert(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(
+        ..., min_length=1, description="At most the server's QUARRY_CTR__MAX_ITEMS (413 beyond)"
+    )
+
+
+class ItemsUpserted(BaseModel):
+    created: int
+    updated: int
+    unchanged: int
+
+
+class ItemPublic(BaseModel):
+    id: str
+    category: str | None
+    metadata: dict[str, Any]
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
+
+
+class EventsIngest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(
+        ..., min_length=1, description="At most the server's QUARRY_CTR__MAX_EVENTS (413 beyond)"
+    )
+
+
+class EventsAccepted(BaseModel):
+    received: int
+    stored: int = Field(..., description="New events (the others were already stored)")
+    duplicates: int
+    users: int = Field(..., description="Users with new events; their encodings are updated")
+
+
+class EventPublic(BaseModel):
+    id: str | None = Field(None, description="The client's event id, if it sent one")
+    item_id: str
+    timestamp: UtcDateTime
+    rating: float | None
+    label: int | None
+
+
+class UserEventsPublic(BaseModel):
+    user_id: str
+    data: list[EventPublic] = Field(..., description="Newest first")
+    count: int
+    total: int = Field(..., description="Every stored event of the user")
+
+
+class CTRScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: ExternalId
+    items: list[ExternalId] = Field(
+        ...,
+        min_length=1,
+        description="Candidate item ids; at most the server's QUARRY_CTR__MAX_SCORE_ITEMS "
+        "(413 beyond); every one must be in the model's catalogue (422 unknown_items)",
+    )
+    model: CleanStr | None = Field(
+        None, max_length=128, description="A deployed model's name; the server's default if unset"
+    )
+
+
+class CTRItemScore(BaseModel):
+    item: str
+    probability: float
+
+
+class CTRScoreResponse(BaseModel):
+    model: str
+    kind: str
+    version: str
+    scores: list[CTRItemScore] = Field(..., description="In request order")
+    history_length: int = Field(..., description="Behaviours in the user's encoded history")
+    timings: dict[str, float]
+
+
+class CTRModelPublic(BaseModel):
+    name: str
+    kind: str
+    version: str
+    state: str = Field(..., description="building, active, retired or failed")
+    job_id: str | None
+    users: int
+    error: str | None
+    created_at: UtcDateTime
+    activated_at: UtcDateTime | None
+
+
+class CTRModelsPublic(BaseModel):
+    data: list[CTRModelPublic]
+    count: int

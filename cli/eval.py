@@ -65,11 +65,15 @@ def _save(
         timings=timings,
         command=_command_line(),
         run_file=run_path.name,
+        coverage=result.coverage,
     )
     return write_json(out / f"{name}.json", record)
 
 
-def _print_result(name: str, result: EvalResult, timings: dict[str, Any], path: Path) -> None:
+def _print_result(
+    name: str, result: EvalResult, timings: dict[str, Any], path: Path, *, unit: str = "results"
+) -> None:
+    from evaluation.metrics import coverage_note
     from evaluation.report import metrics_table
 
     extra = {}
@@ -82,6 +86,18 @@ def _print_result(name: str, result: EvalResult, timings: dict[str, Any], path: 
         }
     typer.echo(metrics_table({name: result.aggregate}, extra=extra))
     typer.echo(f"{len(result.per_query)} queries; results in {path}")
+    if result.incomplete:
+        typer.echo("Coverage: " + coverage_note(result.coverage, unit=unit))
+
+
+def _warn_coverage(source: str, result: EvalResult, *, unit: str) -> None:
+    """A WARNING when ``source`` misses judged queries or holds unjudged ones."""
+    from evaluation.metrics import coverage_note
+
+    if result.incomplete:
+        logger.warning(
+            "%s covers part of the qrels: %s", source, coverage_note(result.coverage, unit=unit)
+        )
 
 
 _DATA_SUFFIXES = (".gz", ".json", ".run", ".trec", ".txt", ".tsv")
@@ -176,6 +192,23 @@ def retrieval(
         str | None, typer.Option(help="Model of a new collection (default: settings)")
     ] = None,
     index_spec: Annotated[str, typer.Option(help="FAISS factory string (new collection)")] = "Flat",
+    bm25_k1: Annotated[
+        float | None,
+        typer.Option(
+            "--bm25-k1",
+            min=0.0,
+            help="BM25 k1 of a new collection (default 0.9); an existing one must match",
+        ),
+    ] = None,
+    bm25_b: Annotated[
+        float | None,
+        typer.Option(
+            "--bm25-b",
+            min=0.0,
+            max=1.0,
+            help="BM25 b of a new collection (default 0.4); an existing one must match",
+        ),
+    ] = None,
     metric: MetricOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder; default evaluation/runs/<dataset>")
@@ -216,6 +249,8 @@ def retrieval(
             rrf_k=rrf_k,
             embedder=embedder,
             index_spec=index_spec,
+            bm25_k1=bm25_k1,
+            bm25_b=bm25_b,
             batch_size=batch_size,
             metrics=metrics,
             show_progress=progress,
@@ -259,14 +294,20 @@ def rerank(
         str, typer.Option(help="none (candidates as given) or embedder[:MODEL]")
     ] = "none",
     depth: Annotated[
-        int | None, typer.Option(min=1, help="Rerank only each query's top DEPTH")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Rerank only each query's top DEPTH; the candidates below keep their "
+            "first-stage order under them",
+        ),
     ] = None,
     metric: MetricOpt = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder; default evaluation/runs/<candidates>")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="Run name; default <candidates>-<reranker>")
+        str | None,
+        typer.Option(help="Run name; default <candidates>-<reranker>, -d<DEPTH> appended"),
     ] = None,
     progress: ProgressOpt = True,
 ) -> None:
@@ -283,7 +324,8 @@ def rerank(
     result, run, timings = run_rerank_eval(
         cands, judgements, model, depth=depth, metrics=metrics, show_progress=progress
     )
-    run_name = _slug(name or f"{cands.name}-{model.name}")
+    default_name = f"{cands.name}-{model.name}" + (f"-d{depth}" if depth is not None else "")
+    run_name = _slug(name or default_name)
     config = {
         "candidates": str(Path(candidates).resolve()),
         "qrels": str(Path(qrels).resolve()),
@@ -300,7 +342,7 @@ def rerank(
         run=run,
         timings=timings,
     )
-    _print_result(run_name, result, timings, path)
+    _print_result(run_name, result, timings, path, unit="candidates")
 
 
 @app.command("run")
@@ -389,8 +431,9 @@ def score_run(
                 f"Writing {written} would overwrite the run being scored; pass --name or --out"
             )
     result = evaluate_run(judgements, ranking, metrics, preserve_order=True)
-    absent = sum(1 for qid in judgements if not ranking.get(qid))
-    unjudged = sum(1 for qid in ranking if qid not in judgements)
+    _warn_coverage(source.name, result, unit="a ranking")
+    absent = int(result.coverage["judged_absent"])
+    unjudged = int(result.coverage["unjudged"])
     record_config = {
         "dataset": dataset_info,
         "run": {
@@ -412,12 +455,7 @@ def score_run(
         run=ranking,
         timings={},
     )
-    _print_result(run_name, result, {}, path)
-    if absent or unjudged:
-        typer.echo(
-            f"{absent} judged queries have no ranking (scored 0); "
-            f"{unjudged} run queries have no judgements (ignored)"
-        )
+    _print_result(run_name, result, {}, path, unit="a ranking")
 
 
 @app.command()
@@ -437,7 +475,11 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the randomisation test")] = 0,
     alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Significance level")] = 0.05,
 ) -> None:
-    """Paired t-test and randomisation test between runs (Holm-corrected): JSON, markdown, PNG."""
+    """Paired t-test and randomisation test between runs (Holm-corrected): JSON, markdown, PNG.
+
+    The PNG has a panel per metric; runs that differ significantly from the baseline (Holm-
+    adjusted randomisation p < alpha) are marked with an asterisk.
+    """
     from core.errors import InvalidRequest
     from evaluation.report import load_run_record, markdown_report, write_comparison_report
     from evaluation.significance import compare as compare_runs
@@ -479,6 +521,7 @@ def compare(
             )
         )
     aggregates = {n: r["aggregate"] for n, r in records.items()}
+    coverage = {n: r["coverage"] for n, r in records.items() if isinstance(r.get("coverage"), dict)}
     paths = write_comparison_report(
         out,
         aggregates,
@@ -487,6 +530,38 @@ def compare(
         baseline=baseline,
         stem=_slug(name),
         sources=sources,
+        coverage=coverage,
     )
-    typer.echo(markdown_report(aggregates, comparisons, title="Run comparison"))
+    typer.echo(markdown_report(aggregates, comparisons, title="Run comparison", coverage=coverage))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+@app.command("ctr")
+@friendly
+def ctr_results(
+    results: Annotated[
+        list[Path],
+        typer.Argument(help="metrics.json files of `quarry train ctr` (or their folders)"),
+    ],
+    baseline: Annotated[
+        str | None, typer.Option(help="Run name to test the others against (default: all pairs)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder")] = RUNS_DIR / "ctr",
+    name: Annotated[str, typer.Option(help="File stem of the report")] = "ctr",
+    n_resamples: Annotated[int, typer.Option(min=1, help="Randomisation test resamples")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the randomisation test")] = 0,
+    alpha: Annotated[float, typer.Option(min=0.0, max=1.0, help="Significance level")] = 0.05,
+) -> None:
+    """CTR models across seeds: mean ± std, paired per-user GAUC tests (Holm): JSON, MD, PNG."""
+    from evaluation.ctr import compare_ctr, load_ctr_results, markdown, write_ctr_report
+
+    setup_cli()
+    runs = load_ctr_results(results)
+    comparison = None
+    if len(runs) > 1:
+        comparison = compare_ctr(
+            runs, baseline=baseline, n_resamples=n_resamples, seed=seed, alpha=alpha
+        )
+    paths = write_ctr_report(out, runs, comparison, stem=_slug(name))
+    typer.echo(markdown(runs, comparison))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))

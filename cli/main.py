@@ -26,6 +26,10 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
+events_app = typer.Typer(help="Behaviour events and catalogue items (CTR).", no_args_is_help=True)
+ctr_app = typer.Typer(help="CTR model deployments.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+app.add_typer(ctr_app, name="ctr")
 
 logger = logging.getLogger("quarry.cli")
 
@@ -326,6 +330,169 @@ def keys_list() -> None:
             where = ",".join(key.collections) if key.collections is not None else "*"
             state = "revoked" if key.revoked else "active"
             typer.echo(f"{key.name:<24} {key.scopes:<18} {where:<24} {state}")
+
+
+FormatOption = Annotated[
+    str, typer.Option("--format", help="auto (from the file name), csv, tsv or jsonl")
+]
+
+
+@events_app.command("load")
+@friendly
+def events_load(
+    file: Annotated[Path, typer.Argument(help="CSV/TSV (header line first) or JSONL, gzip too")],
+    fmt: FormatOption = "auto",
+    user_col: Annotated[str | None, typer.Option(help="User id column [user_id]")] = None,
+    item_col: Annotated[str | None, typer.Option(help="Item id column [item_id]")] = None,
+    time_col: Annotated[
+        str | None, typer.Option(help="Time column [timestamp]; missing: now")
+    ] = None,
+    rating_col: Annotated[str | None, typer.Option(help="Rating column [rating]")] = None,
+    label_col: Annotated[str | None, typer.Option(help="0/1 label column [label]")] = None,
+    id_col: Annotated[str | None, typer.Option(help="Event id column [id]")] = None,
+    time_unit: Annotated[
+        str, typer.Option(help="auto, s, ms (epoch) or iso (ISO 8601 text)")
+    ] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Events per transaction")] = 5000,
+) -> None:
+    """Bulk-load behaviour events (MovieLens ratings.csv: --user-col userId --item-col movieId)."""
+    from service import build
+    from service.ctr_files import (
+        EventColumns,
+        check_format,
+        check_time_unit,
+        count_records,
+        load_events,
+        read_event_file,
+    )
+
+    unit = check_time_unit(time_unit)
+    columns = EventColumns(
+        user=user_col, item=item_col, time=time_col, rating=rating_col, label=label_col, id=id_col
+    )
+    form = check_format(fmt)
+    with build(_setup()) as c:
+        report = load_events(
+            c,
+            read_event_file(file, columns, fmt=form, time_unit=unit),
+            batch_size=batch_size,
+            total=count_records(file, form),
+        )
+    rate = report.records / report.seconds if report.seconds else 0.0
+    typer.echo(
+        f"{report.records} events: {report.stored} stored, {report.duplicates} already there; "
+        f"{report.users} users with new events; {report.seconds:.1f}s ({rate:.0f} events/s)"
+    )
+
+
+@events_app.command("items")
+@friendly
+def events_items(
+    file: Annotated[Path, typer.Argument(help="CSV/TSV (header line first) or JSONL, gzip too")],
+    fmt: FormatOption = "auto",
+    id_col: Annotated[str | None, typer.Option(help="Item id column [item_id]")] = None,
+    category_col: Annotated[str | None, typer.Option(help="Category column [category]")] = None,
+    metadata_col: Annotated[
+        list[str] | None,
+        typer.Option("--metadata-col", help="A column copied into metadata (repeatable)"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per transaction")] = 5000,
+) -> None:
+    """Bulk-upsert catalogue items (MovieLens movies.csv: --id-col movieId --category-col
+    genres)."""
+    from service import build
+    from service.ctr_files import (
+        ItemColumns,
+        check_format,
+        count_records,
+        load_items,
+        read_item_file,
+    )
+
+    columns = ItemColumns(id=id_col, category=category_col, metadata=tuple(metadata_col or ()))
+    form = check_format(fmt)
+    with build(_setup()) as c:
+        report = load_items(
+            c,
+            read_item_file(file, columns, fmt=form),
+            batch_size=batch_size,
+            total=count_records(file, form),
+        )
+    typer.echo(
+        f"{report.records} items: {report.created} new, {report.updated} updated, "
+        f"{report.unchanged} unchanged ({report.seconds:.1f}s)"
+    )
+
+
+def _follow(c: Any, job_id: str) -> None:
+    from core.models import JobState
+    from service.ctr_deploy import follow_rebuild
+
+    job = follow_rebuild(c, job_id)
+    if job.state != JobState.SUCCEEDED:
+        raise QuarryError(f"Rebuild {job.state}: {job.error}")
+    typer.echo(f"Encoded {job.done} users' histories in {job.duration_s or 0:.1f}s")
+
+
+@ctr_app.command("deploy")
+@friendly
+def ctr_deploy(
+    model_dir: Annotated[Path, typer.Argument(help="A model directory from `quarry train ctr`")],
+    name: Annotated[
+        str | None, typer.Option(help="Serve it under this name [QUARRY_CTR__DEFAULT_MODEL]")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the rebuild to the switch")] = True,
+) -> None:
+    """Deploy a CTR model: encode every user's history for it, then switch NAME to it."""
+    from service import build
+    from service.ctr_deploy import deploy
+
+    settings = _setup()
+    with build(settings) as c:
+        out = deploy(c, model_dir, name or settings.ctr.default_model)
+        dep = out.deployment
+        if out.unchanged:
+            typer.echo(f"{dep.name}: {dep.kind} version {dep.version} is already serving")
+            return
+        typer.echo(
+            f"{dep.name}: {dep.kind} version {dep.version} is {dep.state} (job {dep.job_id})"
+        )
+        if wait and dep.state == "building" and dep.job_id:
+            _follow(c, dep.job_id)
+            typer.echo(f"{dep.name} now serves version {dep.version}")
+
+
+@ctr_app.command("rebuild")
+@friendly
+def ctr_rebuild(
+    name: Annotated[
+        str | None, typer.Argument(help="A deployed name [QUARRY_CTR__DEFAULT_MODEL]")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Follow the job to its end")] = True,
+) -> None:
+    """Encode every user's history again for the deployment serving NAME."""
+    from service import build
+    from service.ctr_deploy import rebuild
+
+    settings = _setup()
+    with build(settings) as c:
+        out = rebuild(c, name or settings.ctr.default_model)
+        assert out.job is not None
+        typer.echo(f"{out.deployment.name}: rebuild job {out.job.id}")
+        if wait:
+            _follow(c, out.job.id)
+
+
+@ctr_app.command("list")
+@friendly
+def ctr_list() -> None:
+    """List CTR deployments, newest first."""
+    from service import build
+    from service.ctr import list_deployments
+
+    with build(_setup()) as c:
+        for d in list_deployments(c):
+            typer.echo(f"{d.name:<20} {d.kind:<10} {d.version:<18} {d.state:<9} users={d.users}")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal, get_args
 
@@ -10,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.errors import CollectionExists, CollectionNotFound, InvalidRequest
-from core.models import Collection, DocState, Document
+from core.models import DEFAULT_BM25_B, DEFAULT_BM25_K1, Collection, DocState, Document
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: Vector similarity of a collection; the one list every layer uses.
@@ -23,6 +24,23 @@ def check_metric(metric: str) -> Metric:
     if metric not in METRICS:
         raise InvalidRequest(f"Invalid metric {metric!r}. Valid metrics: {', '.join(METRICS)}")
     return metric  # type: ignore[return-value]
+
+
+def check_bm25(k1: float, b: float) -> tuple[float, float]:
+    """``(k1, b)`` as floats if they are valid BM25 parameters, else :class:`InvalidRequest`.
+
+    ``k1`` (term-frequency saturation) must be a finite number >= 0 and ``b`` (length
+    normalisation) between 0 and 1.
+    """
+    for name, value in (("bm25_k1", k1), ("bm25_b", b)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidRequest(f"{name} must be a number, got {value!r}")
+    k1, b = float(k1), float(b)
+    if not (math.isfinite(k1) and k1 >= 0.0):
+        raise InvalidRequest(f"Invalid bm25_k1 {k1!r}: it must be a finite number >= 0")
+    if not (math.isfinite(b) and 0.0 <= b <= 1.0):
+        raise InvalidRequest(f"Invalid bm25_b {b!r}: it must be between 0 and 1")
+    return k1, b
 
 
 def validate_name(name: str) -> None:
@@ -42,11 +60,14 @@ def create_collection(
     metric: str = "cosine",
     index_spec: str = "Flat",
     lexical: bool = True,
+    bm25_k1: float = DEFAULT_BM25_K1,
+    bm25_b: float = DEFAULT_BM25_B,
     description: str | None = None,
 ) -> Collection:
     """Insert a collection; raises :class:`CollectionExists` if the name is taken."""
     validate_name(name)
     check_metric(metric)
+    bm25_k1, bm25_b = check_bm25(bm25_k1, bm25_b)
     if session.scalar(select(Collection.id).where(Collection.name == name)) is not None:
         raise CollectionExists(f"Collection {name!r} already exists")
     coll = Collection(
@@ -56,6 +77,8 @@ def create_collection(
         metric=metric,
         index_spec=index_spec,
         lexical=lexical,
+        bm25_k1=bm25_k1,
+        bm25_b=bm25_b,
         description=description,
         manifest_version=0,
     )

@@ -61,6 +61,11 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+# BM25 defaults of a collection: Anserini's k1/b, which land nearest the published BEIR BM25
+# numbers (Lucene's own defaults are 1.2/0.75). Applied at query time, never stored in segments.
+DEFAULT_BM25_K1 = 0.9
+DEFAULT_BM25_B = 0.4
+
 # A job in one of these states will not change again.
 FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
@@ -68,6 +73,8 @@ FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 class JobKind(enum.StrEnum):
     INGEST = "ingest"
     COMPACT = "compact"
+    # Encode every user's history for a CTR model deployment (then switch it live).
+    CTR_REBUILD = "ctr_rebuild"
 
 
 class Collection(Base):
@@ -83,6 +90,15 @@ class Collection(Base):
     index_spec: Mapped[str] = mapped_column(String(256), default="Flat")
     # Keep a BM25 index in every segment next to the vectors (lexical and hybrid search).
     lexical: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    # BM25 parameters of the collection's lexical search: term-frequency saturation (k1 >= 0)
+    # and document-length normalisation (0 <= b <= 1). Segments store raw term counts, so
+    # these apply at query time and take effect without re-indexing.
+    bm25_k1: Mapped[float] = mapped_column(
+        Float, default=DEFAULT_BM25_K1, server_default=text(repr(DEFAULT_BM25_K1))
+    )
+    bm25_b: Mapped[float] = mapped_column(
+        Float, default=DEFAULT_BM25_B, server_default=text(repr(DEFAULT_BM25_B))
+    )
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Bumped in the same transaction that changes the set of live segments; readers
     # compare it with what they have loaded to know when to refresh.
@@ -201,3 +217,101 @@ class ApiKey(Base):
     # None: every collection; otherwise the collection names this key may read or write.
     collections: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DeploymentState(enum.StrEnum):
+    BUILDING = "building"  # its users' histories are being encoded; not served yet
+    ACTIVE = "active"  # the one served under its name
+    RETIRED = "retired"  # replaced by a newer deployment of the name
+    FAILED = "failed"  # its rebuild failed for good
+
+
+class Item(Base):
+    """One catalogue item (``POST /v1/items``): its id, category and metadata."""
+
+    __tablename__ = "items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    external_id: Mapped[str] = mapped_column(String(512), unique=True)
+    category: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class EventUser(Base):
+    """Per user: how many events are stored and the newest one's id.
+
+    Every events insert updates the row of each of its users in the same transaction (rows
+    locked in user order first), so one user's events commit in id order: "events with an id
+    above the last one encoded" never skips an event committed late.
+    """
+
+    __tablename__ = "event_users"
+
+    user_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    n_events: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_event_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+
+class Event(Base):
+    """One behaviour event (a user interacted with an item at a time).
+
+    Idempotent on ``dedup_key``: the SHA-256 of the client's event id when it sent one, else
+    of ``(user, item, timestamp)``. A user's history is ordered by ``(occurred_at, id)``.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_user_time", "user_id", "occurred_at", "id"),
+        Index("ix_events_user_id", "user_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(512))
+    item_id: Mapped[str] = mapped_column(String(512))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    rating: Mapped[float | None] = mapped_column(Float, nullable=True)
+    label: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    client_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    dedup_key: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CTRDeployment(Base):
+    """A CTR model deployed under a name. At most one deployment of a name is ``active``; a
+    new one is ``building`` until every user's history is encoded for its version, then the
+    switch (old retired, new active) is one transaction."""
+
+    __tablename__ = "ctr_deployments"
+    __table_args__ = (
+        Index(
+            "uq_ctr_deployments_active_name",
+            "name",
+            unique=True,
+            postgresql_where=text("state = 'active'"),
+            sqlite_where=text("state = 'active'"),
+        ),
+        Index("ix_ctr_deployments_name_state", "name", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(128))
+    # The model's own copy under the data directory (the source may change afterwards).
+    path: Mapped[str] = mapped_column(String(1024))
+    source: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=DeploymentState.BUILDING)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    users: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -48,9 +48,10 @@ class EmbedderSettings(BaseModel):
 class RerankSettings(BaseModel):
     """Rerankers: the default model, the allow-list, batching and request limits."""
 
-    # Used when a request names no model. Empty: the bi-encoder stand-in over the default
-    # embedder until a trained default ships.
-    default_model: str = "embedder:all-MiniLM-L6-v2"
+    # Used when a request names no model: the late-interaction projection over the bundled
+    # MiniLM that ships with Quarry, trained on the Cranfield judgments (redistributable).
+    # Empty: the bi-encoder stand-in over the default embedder.
+    default_model: str = "quarry-li-cranfield"
     # Models API clients may name besides the default and the packaged ones.
     allowed_models: list[str] = Field(default_factory=list)
     device: str = "auto"
@@ -61,6 +62,38 @@ class RerankSettings(BaseModel):
     max_query_chars: int = Field(4_000, ge=1)
     max_document_chars: int = Field(20_000, ge=1)
     preload: bool = False
+
+
+class CTRSettings(BaseModel):
+    """CTR scoring, behaviour events and the per-user encoded histories (``QUARRY_CTR__*``)."""
+
+    # The deployment a score request naming no model gets (`quarry ctr deploy DIR --name NAME`).
+    default_model: str = "default"
+    # Where encoded histories live: a redis:// URL. Unset: QUARRY_REDIS_URL, else the broker
+    # when it is Redis, else a store inside the process (the embedded mode).
+    store_url: str | None = None
+    # Where served CTR models run: cpu (they are small; scoring gathers, it hardly multiplies),
+    # cuda, cuda:N or auto.
+    device: str = "cpu"
+    # Request limits (413 beyond): candidates per score call, events and items per call.
+    max_score_items: int = Field(1000, ge=1)
+    max_events: int = Field(10_000, ge=1)
+    max_items: int = Field(10_000, ge=1)
+    # Most events of one history read back by GET /v1/users/{id}/events.
+    max_history_page: int = Field(1000, ge=1)
+    # A history is encoded from its newest this-many events when it is built from the
+    # database (a rebuild, a user whose state is missing or stale at request time).
+    max_history_events: int = Field(10_000, ge=1)
+    # New events of a user are encoded after this delay, so that a burst is one update.
+    bse_delay_s: float = Field(1.0, ge=0)
+    # How long an API process trusts its view of which deployment is active (<= 1 s: a new
+    # deployment serves everywhere within it).
+    deployment_cache_s: float = Field(1.0, ge=0, le=1.0)
+    # States of a retired model version expire this long after the switch (requests that
+    # resolved the old version just before it finish with it).
+    retired_state_ttl_s: float = Field(600.0, ge=0)
+    # Users encoded per round of a rebuild (progress, lease and cancellation checks).
+    rebuild_batch_users: int = Field(256, ge=1)
 
 
 class IndexSettings(BaseModel):
@@ -130,6 +163,7 @@ class Settings(BaseSettings):
     limits: Limits = Field(default_factory=Limits)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     rerank: RerankSettings = Field(default_factory=RerankSettings)
+    ctr: CTRSettings = Field(default_factory=CTRSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)

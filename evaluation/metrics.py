@@ -14,7 +14,9 @@ Metric names are ranx's, used verbatim everywhere (CLI, JSON, markdown):
   graded judgements.
 
 Queries judged in the qrels but missing from the run (or with no results) score 0 in every
-metric; queries in the run but not in the qrels are ignored — ranx's ``make_comparable``.
+metric and count in the averages; queries in the run but not in the qrels are ignored —
+ranx's ``make_comparable``. :attr:`EvalResult.coverage` counts both, so a run (or a
+candidates file) covering only part of the judged queries shows in its results.
 """
 
 from __future__ import annotations
@@ -56,10 +58,22 @@ Run = Mapping[str, Mapping[str, float]]
 
 @dataclass
 class EvalResult:
-    """Mean metric values over the judged queries, and every query's values."""
+    """Mean metric values over the judged queries, every query's values, and the coverage.
+
+    ``coverage`` (see :func:`query_coverage`): ``judged`` queries in the qrels, how many of
+    them the run ranks (``evaluated``), the judged queries without any result
+    (``judged_absent``, scored 0, their ids in ``judged_absent_ids``) and the run's
+    ``unjudged`` queries (left out).
+    """
 
     aggregate: dict[str, float]
     per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+    coverage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def incomplete(self) -> bool:
+        """True if some judged query has no result or some run query is unjudged."""
+        return bool(self.coverage.get("judged_absent") or self.coverage.get("unjudged"))
 
     @property
     def metrics(self) -> list[str]:
@@ -74,7 +88,52 @@ class EvalResult:
         return {qid: values[name] for qid, values in self.per_query.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"aggregate": self.aggregate, "per_query": self.per_query}
+        return {"aggregate": self.aggregate, "per_query": self.per_query, "coverage": self.coverage}
+
+
+def query_coverage(
+    qrels: Mapping[str, Mapping[str, int]], run: Run, *, unjudged: int | None = None
+) -> dict[str, Any]:
+    """How the run's queries meet the judged ones (see :class:`EvalResult`).
+
+    A judged query whose ranking is absent or empty counts in ``judged_absent``. ``unjudged``
+    overrides the count of run queries without judgements, for callers that dropped them
+    before building the run (the reranking harness).
+    """
+    judged = [qid for qid, docs in qrels.items() if docs]
+    absent = [qid for qid in judged if not run.get(qid)]
+    extra = sum(1 for qid in run if not qrels.get(qid)) if unjudged is None else unjudged
+    return {
+        "judged": len(judged),
+        "evaluated": len(judged) - len(absent),
+        "judged_absent": len(absent),
+        "judged_absent_ids": sorted(absent),
+        "unjudged": int(extra),
+    }
+
+
+def coverage_note(coverage: Mapping[str, Any], *, unit: str = "results") -> str:
+    """One line for people, e.g. ``2 of 3 judged queries have results; 1 without results
+    (scored 0, counted in the means): 104; 1 unjudged query left out`` (at most 10 ids are
+    listed). Empty when ``coverage`` is empty."""
+    if not coverage:
+        return ""
+    absent = int(coverage.get("judged_absent", 0))
+    unjudged = int(coverage.get("unjudged", 0))
+    text = (
+        f"{coverage.get('evaluated', 0)} of {coverage.get('judged', 0)} judged queries have {unit}"
+    )
+    if absent:
+        ids = list(coverage.get("judged_absent_ids") or [])
+        shown = ", ".join(map(str, ids[:10])) + (
+            f", ... ({len(ids) - 10} more)" if len(ids) > 10 else ""
+        )
+        text += f"; {absent} without {unit} (scored 0, counted in the means)"
+        if shown:
+            text += f": {shown}"
+    if unjudged:
+        text += f"; {unjudged} unjudged {'query' if unjudged == 1 else 'queries'} left out"
+    return text
 
 
 def check_metric(name: str) -> str:
@@ -123,6 +182,7 @@ def evaluate_run(
     if not judged:
         raise InvalidRequest("The qrels hold no judged query")
     source = rank_order_run(run) if preserve_order else run
+    coverage = query_coverage(judged, run)
     # Only judged queries; an absent or empty ranking becomes ranx's empty result (0 in
     # every metric, via make_comparable below).
     restricted = {qid: dict(source[qid]) for qid in judged if source.get(qid)}
@@ -133,6 +193,7 @@ def evaluate_run(
         return EvalResult(
             aggregate=dict.fromkeys(metrics, 0.0),
             per_query={qid: dict.fromkeys(metrics, 0.0) for qid in judged},
+            coverage=coverage,
         )
 
     import ranx  # numba-compiled, slow to import: only when evaluating
@@ -148,4 +209,4 @@ def evaluate_run(
         for qid, value in ranx_run.scores[m].items():
             per_query[qid][m] = float(value)
     aggregate = {m: float(ranx_run.mean_scores[m]) for m in metrics}
-    return EvalResult(aggregate=aggregate, per_query=per_query)
+    return EvalResult(aggregate=aggregate, per_query=per_query, coverage=coverage)

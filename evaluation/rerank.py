@@ -1,7 +1,10 @@
 """Reranking evaluation on fixed candidate lists (TREC DL top-100 files).
 
 A reranker scores each (query, candidate) pair; the harness sorts every query's candidates by
-that score (ties keep the first-stage order) and evaluates the new order with ranx.
+that score (ties keep the first-stage order) and evaluates the new order with ranx. With a
+depth N only each query's top N are reranked; the candidates below keep their first-stage
+order under the reranked block, so measures at the full list length (Recall@100) do not
+change with N.
 
 Rerankers come from a registry, ``RERANKERS``: a name -> factory mapping, addressed on the
 command line as ``name`` or ``name:argument``:
@@ -26,7 +29,7 @@ from tqdm import tqdm
 
 from core.datasets import Candidate, CandidateSet
 from core.errors import InvalidRequest
-from evaluation.metrics import EvalResult, evaluate_run
+from evaluation.metrics import EvalResult, coverage_note, evaluate_run, query_coverage
 from evaluation.retrieval import Ranking, latency_stats
 
 if TYPE_CHECKING:
@@ -112,6 +115,17 @@ def make_reranker(spec: str, settings: Settings) -> Reranker:
     return factory(arg.strip() or None, settings)
 
 
+def _scores_below(floor: float, n: int) -> np.ndarray:
+    """``n`` strictly decreasing finite floats, all strictly below ``floor``."""
+    out = floor - np.arange(1, n + 1, dtype=np.float64)
+    prev = floor
+    for i in range(n):  # only where floor - i rounds back (|floor| beyond 2**53)
+        if not out[i] < prev:
+            out[i] = np.nextafter(prev, -np.inf)
+        prev = out[i]
+    return out
+
+
 def rerank_candidates(
     reranker: Reranker,
     candidates: CandidateSet,
@@ -120,7 +134,14 @@ def rerank_candidates(
     depth: int | None = None,
     show_progress: bool = True,
 ) -> tuple[Ranking, list[float]]:
-    """Rerank each query's top-``depth`` candidates; returns the ranking and ms per query."""
+    """Rerank each query's top-``depth`` candidates; returns the ranking and ms per query.
+
+    The reranked block comes first, sorted by the reranker's score (ties keep the first-stage
+    order). Candidates below ``depth`` follow in their first-stage order, with scores made
+    strictly lower than the reranked block's and strictly decreasing, so the full list is
+    kept (recall at the list's length does not change) and the scores alone give the order.
+    ``depth=None`` reranks every candidate.
+    """
     if depth is not None and depth < 1:
         raise InvalidRequest("depth must be at least 1")
     qids = list(query_ids) if query_ids is not None else list(candidates.candidates)
@@ -129,7 +150,9 @@ def rerank_candidates(
     for qid in tqdm(
         qids, unit="query", desc=f"reranking ({reranker.name})", disable=not show_progress
     ):
-        cands = candidates.candidates.get(qid, [])[:depth]
+        all_cands = candidates.candidates.get(qid, [])
+        cut = len(all_cands) if depth is None else depth
+        cands, tail = all_cands[:cut], all_cands[cut:]
         t0 = time.perf_counter()
         scores = np.asarray(reranker.score(candidates.queries[qid], cands), dtype=np.float64)
         latencies.append((time.perf_counter() - t0) * 1000.0)
@@ -138,10 +161,17 @@ def rerank_candidates(
                 f"Reranker {reranker.name} returned {scores.shape} scores for {len(cands)} "
                 "candidates"
             )
+        if not np.isfinite(scores).all():
+            raise InvalidRequest(f"Reranker {reranker.name} returned a non-finite score")
         order = np.argsort(-scores, kind="stable")  # ties keep the first-stage order
         ranked: dict[str, float] = {}
         for i in order:
             ranked.setdefault(cands[i].docid, float(scores[i]))
+        rest = [c.docid for c in tail if c.docid not in ranked]
+        rest = list(dict.fromkeys(rest))  # a repeated docid keeps its first place
+        if rest:
+            floor = float(scores.min()) if scores.size else 0.0
+            ranked.update(zip(rest, _scores_below(floor, len(rest)).tolist(), strict=True))
         run[qid] = ranked
     return run, latencies
 
@@ -157,26 +187,60 @@ def run_rerank_eval(
 ) -> tuple[EvalResult, Ranking, dict[str, float]]:
     """Rerank the judged queries' candidates with ``reranker`` and evaluate the new order.
 
-    Judged queries without candidates score 0; candidates of unjudged queries are skipped.
+    Each query's top ``depth`` candidates are reranked and the rest kept below them (see
+    :func:`rerank_candidates`). Judged queries without candidates score 0 and count in the
+    means; candidates of unjudged queries are dropped. Both are counted in
+    ``result.coverage`` and logged as a warning.
     """
-    judged = [qid for qid in candidates.candidates if qid in qrels]
+    judged = [qid for qid in candidates.candidates if qrels.get(qid)]
     if not judged:
         raise InvalidRequest(
             f"No query of {candidates.path.name} is judged in the qrels: wrong qrels file?"
         )
     skipped = len(candidates.candidates) - len(judged)
-    if skipped:
-        logger.info("Skipping %d unjudged queries of %s", skipped, candidates.path.name)
     t0 = time.perf_counter()
     run, latencies = rerank_candidates(
         reranker, candidates, query_ids=judged, depth=depth, show_progress=show_progress
     )
     rerank_s = time.perf_counter() - t0
     result = evaluate_run(qrels, run, metrics, preserve_order=True)
+    result.coverage = query_coverage(qrels, run, unjudged=skipped)
+    if result.incomplete:
+        logger.warning(
+            "%s covers part of the qrels: %s",
+            candidates.path.name,
+            coverage_note(result.coverage, unit="candidates"),
+        )
     timings: dict[str, float] = {
         "queries": len(judged),
         "candidates": sum(len(docs) for docs in run.values()),
+        "reranked": sum(len(candidates.candidates.get(qid, [])[:depth]) for qid in judged),
         "rerank_s": round(rerank_s, 3),
         **latency_stats(latencies),
     }
     return result, run, timings
+
+
+def measure_reranking(
+    run: Mapping[str, Mapping[str, float]],
+    first_stage: CandidateSet,
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    min_grade: int,
+) -> dict[str, dict[str, float]]:
+    """nDCG@10 and MRR@10 of the first stage and of ``run`` over ``first_stage``'s queries."""
+    level = "" if min_grade <= 1 else f"-l{min_grade}"
+    metrics = ("ndcg@10", f"mrr@10{level}")
+    judged = {q: dict(qrels[q]) for q in first_stage.candidates if q in qrels}
+    if not judged:
+        raise InvalidRequest("None of the scored queries is judged")
+    before = {
+        q: {c.docid: c.score for c in sorted(hits, key=lambda c: c.rank)}
+        for q, hits in first_stage.candidates.items()
+    }
+    out = {}
+    for name, ranking in (("first_stage", before), ("reranked", run)):
+        result = evaluate_run(judged, ranking, metrics, preserve_order=True)
+        out[name] = {m: round(v, 4) for m, v in result.aggregate.items()}
+    out["queries"] = {"judged": float(len(judged))}
+    return out

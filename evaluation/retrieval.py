@@ -110,24 +110,41 @@ def index_corpus(
     collection: str,
     embedder: str | None = None,
     index_spec: str = "Flat",
+    bm25_k1: float | None = None,
+    bm25_b: float | None = None,
     reuse: bool = True,
     batch_size: int = 1000,
     show_progress: bool = True,
 ) -> dict[str, float]:
-    """Create (or reuse) ``collection`` and ingest the dataset's corpus into it."""
-    from core.collections import document_counts, get_collection
+    """Create (or reuse) ``collection`` and ingest the dataset's corpus into it.
+
+    ``embedder``, ``index_spec``, ``bm25_k1`` and ``bm25_b`` set up a new collection (None:
+    the defaults). Reusing a collection made with another model or other BM25 parameters
+    than the ones asked for is an error, never a silent mix.
+    """
+    from core.collections import check_bm25, document_counts, get_collection
     from core.db import session_scope
     from core.errors import CollectionNotFound
+    from core.models import DEFAULT_BM25_B, DEFAULT_BM25_K1
     from service.collections import ensure_collection
     from service.ingest import index_documents
 
+    new_k1, new_b = check_bm25(
+        DEFAULT_BM25_K1 if bm25_k1 is None else bm25_k1,
+        DEFAULT_BM25_B if bm25_b is None else bm25_b,
+    )
     with session_scope(c.sessions) as s:
         try:
             existing = get_collection(s, collection)
-            found_model: str | None = existing.embedder
+            found: tuple[str, float, float] | None = (
+                existing.embedder,
+                existing.bm25_k1,
+                existing.bm25_b,
+            )
         except CollectionNotFound:
-            found_model = None
-    if found_model is not None:
+            found = None
+    if found is not None:
+        found_model, found_k1, found_b = found
         if not reuse:
             raise InvalidRequest(
                 f"Collection {collection!r} already exists; reuse it or pick another name"
@@ -137,8 +154,24 @@ def index_corpus(
                 f"Collection {collection!r} was embedded with {found_model!r}, not "
                 f"{embedder!r}; pick another collection name for another model"
             )
+        asked = [
+            f"{label}={value:g}"
+            for label, given, value, have in (
+                ("k1", bm25_k1, new_k1, found_k1),
+                ("b", bm25_b, new_b, found_b),
+            )
+            if given is not None and value != have
+        ]
+        if asked:
+            raise InvalidRequest(
+                f"Collection {collection!r} searches with BM25 k1={found_k1:g} b={found_b:g}, "
+                f"not {' '.join(asked)}; pick another collection name for other BM25 "
+                "parameters"
+            )
         logger.info("Reusing collection %s (%s)", collection, found_model)
-    ensure_collection(c, collection, embedder=embedder, index_spec=index_spec)
+    ensure_collection(
+        c, collection, embedder=embedder, index_spec=index_spec, bm25_k1=new_k1, bm25_b=new_b
+    )
     report = index_documents(
         c,
         collection,
@@ -184,8 +217,8 @@ def index_corpus(
     }
 
 
-def collection_config(c: Container, collection: str) -> dict[str, str | int | bool]:
-    """What a run's results depend on in the collection: model, metric, index spec."""
+def collection_config(c: Container, collection: str) -> dict[str, str | int | float | bool]:
+    """What a run's results depend on in the collection: model, metric, index spec, BM25."""
     from core.collections import get_collection
     from core.db import session_scope
 
@@ -198,6 +231,8 @@ def collection_config(c: Container, collection: str) -> dict[str, str | int | bo
             "metric": coll.metric,
             "index_spec": coll.index_spec,
             "lexical": bool(getattr(coll, "lexical", True)),
+            "bm25_k1": float(coll.bm25_k1),
+            "bm25_b": float(coll.bm25_b),
         }
 
 
@@ -211,12 +246,17 @@ def run_retrieval_eval(
     rrf_k: int = 60,
     embedder: str | None = None,
     index_spec: str = "Flat",
+    bm25_k1: float | None = None,
+    bm25_b: float | None = None,
     reuse: bool = True,
     batch_size: int = 1000,
     metrics: Sequence[str] = DEFAULT_METRICS,
     show_progress: bool = True,
 ) -> tuple[EvalResult, Ranking, dict[str, float]]:
     """Index ``dataset``'s corpus into ``collection``, search every query, evaluate.
+
+    ``embedder``, ``index_spec`` and the BM25 parameters ``bm25_k1``/``bm25_b`` set up a new
+    collection (see :func:`index_corpus`).
 
     Returns the metrics, the ranking (query id -> document id -> service score, in the
     service's order) and timings: indexing (``index_s``, counts) and per-query search
@@ -233,6 +273,8 @@ def run_retrieval_eval(
         collection=collection,
         embedder=embedder,
         index_spec=index_spec,
+        bm25_k1=bm25_k1,
+        bm25_b=bm25_b,
         reuse=reuse,
         batch_size=batch_size,
         show_progress=show_progress,

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.errors import InvalidRequest, SegmentCorrupt
+from core.models import DEFAULT_BM25_B, DEFAULT_BM25_K1
 from indexer.integrity import file_checksum, write_hashed
 from indexer.spec import as_id_set
 
@@ -40,8 +41,10 @@ LEXICAL_FORMAT_VERSION = 1
 # segment's documents were, so a segment written by another analyzer is refused, not misread.
 ANALYZER = "bm25s-regex-lower-stop_en-v1"
 
-DEFAULT_K1 = 0.9
-DEFAULT_B = 0.4
+# A collection's own parameters (``Collection.bm25_k1``/``bm25_b``) are passed at query time;
+# these defaults are the ones a collection gets when created without them.
+DEFAULT_K1 = DEFAULT_BM25_K1
+DEFAULT_B = DEFAULT_BM25_B
 
 __all__ = [
     "ANALYZER",

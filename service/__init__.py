@@ -15,9 +15,10 @@ Use cases, one module each:
 - :mod:`service.embed` — embed texts with an allowed model
 - :mod:`service.jobs` — the work behind each job kind, leases and the reaper
 - :mod:`service.keys` — API keys
-
-Rerank and CTR scoring become modules here too (``service.rerank``, ``service.ctr``), over
-engines in ``ranker/``.
+- :mod:`service.integrity` — verify and repair segments
+- :mod:`service.training` — training data mined with Quarry's own engines
+- :mod:`service.rerank` — rerank documents for a query (also the search ``rerank`` stage)
+- :mod:`service.ctr` — CTR scoring, behaviour events and their encoding
 """
 
 from __future__ import annotations

@@ -13,7 +13,15 @@ from core import collections as repo
 from core.db import session_scope
 from core.errors import CollectionNotFound
 from core.jobs import cancel_jobs, create_job
-from core.models import Collection, Job, JobKind, Segment, utcnow
+from core.models import (
+    DEFAULT_BM25_B,
+    DEFAULT_BM25_K1,
+    Collection,
+    Job,
+    JobKind,
+    Segment,
+    utcnow,
+)
 from indexer import drop_collection as drop_collection_files
 from indexer import validate_spec
 from service.jobs import submit
@@ -51,10 +59,16 @@ def create_collection(
     metric: str = "cosine",
     index_spec: str = "Flat",
     lexical: bool = True,
+    bm25_k1: float = DEFAULT_BM25_K1,
+    bm25_b: float = DEFAULT_BM25_B,
     description: str | None = None,
 ) -> CollectionInfo:
-    """Create a collection; its vector size comes from the embedding model (loaded here)."""
+    """Create a collection; its vector size comes from the embedding model (loaded here).
+
+    ``bm25_k1``/``bm25_b`` parameterise its lexical (BM25) search, at query time.
+    """
     repo.validate_name(name)
+    repo.check_bm25(bm25_k1, bm25_b)  # before loading a model for nothing
     model = embedder or c.settings.embedder.default_model
     dim = c.embedders.get(model).dim
     validate_spec(index_spec, dim)
@@ -67,6 +81,8 @@ def create_collection(
             metric=metric,
             index_spec=index_spec,
             lexical=lexical,
+            bm25_k1=bm25_k1,
+            bm25_b=bm25_b,
             description=description,
         )
         logger.info("Created collection %s (model %s, dim %d)", name, model, dim)
@@ -74,16 +90,27 @@ def create_collection(
 
 
 def ensure_collection(
-    c: Container, name: str, *, embedder: str | None = None, index_spec: str = "Flat"
+    c: Container,
+    name: str,
+    *,
+    embedder: str | None = None,
+    index_spec: str = "Flat",
+    bm25_k1: float = DEFAULT_BM25_K1,
+    bm25_b: float = DEFAULT_BM25_B,
 ) -> None:
-    """Create the collection unless it exists (batch indexing, the demo, evaluation)."""
+    """Create the collection unless it exists (batch indexing, the demo, evaluation).
+
+    The parameters apply to a new collection only; an existing one is left as it is.
+    """
     with session_scope(c.sessions) as s:
         try:
             repo.get_collection(s, name)
             return
         except CollectionNotFound:
             pass
-    create_collection(c, name, embedder=embedder, index_spec=index_spec)
+    create_collection(
+        c, name, embedder=embedder, index_spec=index_spec, bm25_k1=bm25_k1, bm25_b=bm25_b
+    )
 
 
 def list_collections(c: Container) -> list[CollectionInfo]:

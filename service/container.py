@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from embedder import EmbedderPool
     from indexer.cache import SegmentCache
     from ranker.text import RerankerPool
+    from service.ctr import CTRRuntime
     from service.dispatch import Dispatcher
     from service.keys import KeyStore
     from service.search import Searcher
@@ -88,6 +89,14 @@ class Container:
         return RerankerPool.from_settings(self.settings)
 
     @cached_property
+    def ctr(self) -> CTRRuntime:
+        """CTR serving: the behaviour-state store (Redis, or in-process when embedded) and
+        the loaded models."""
+        from service.ctr import CTRRuntime
+
+        return CTRRuntime(self)
+
+    @cached_property
     def segments(self) -> SegmentCache:
         """Loaded segments, on the GPU when ``index.use_gpu`` and one is present."""
         from indexer.cache import SegmentCache
@@ -133,6 +142,8 @@ class Container:
             self._closed = True
         if "dispatcher" in self.__dict__:
             self.dispatcher.close()
+        if "ctr" in self.__dict__:
+            self.ctr.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

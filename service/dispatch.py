@@ -22,12 +22,25 @@ logger = logging.getLogger(__name__)
 TASK_INGEST = "quarry.ingest"
 TASK_COMPACT = "quarry.compact"
 TASK_REAP = "quarry.reap"
+# Bring users' encoded behaviour sequences up to date (args: user ids); not a job row.
+TASK_BSE = "quarry.bse"
+TASK_CTR_REBUILD = "quarry.ctr_rebuild"
 QUEUE_GPU = "gpu"
 QUEUE_CPU = "cpu"
-# Embedding wants the accelerator; compaction (FAISS training on vectors) and the reaper
-# run on CPU.
-TASK_QUEUES = {TASK_INGEST: QUEUE_GPU, TASK_COMPACT: QUEUE_CPU, TASK_REAP: QUEUE_CPU}
-TASK_NAMES = {JobKind.INGEST: TASK_INGEST, JobKind.COMPACT: TASK_COMPACT}
+# Embedding wants the accelerator; compaction (FAISS training on vectors), the reaper and
+# CTR history encoding (numpy over small embedding tables) run on CPU.
+TASK_QUEUES = {
+    TASK_INGEST: QUEUE_GPU,
+    TASK_COMPACT: QUEUE_CPU,
+    TASK_REAP: QUEUE_CPU,
+    TASK_BSE: QUEUE_CPU,
+    TASK_CTR_REBUILD: QUEUE_CPU,
+}
+TASK_NAMES = {
+    JobKind.INGEST: TASK_INGEST,
+    JobKind.COMPACT: TASK_COMPACT,
+    JobKind.CTR_REBUILD: TASK_CTR_REBUILD,
+}
 # A request never waits long on a broker that is down: connect and send time out fast,
 # and the job is left for the reaper (or marked failed by the caller).
 BROKER_TIMEOUT_S = 1.0
@@ -35,6 +48,10 @@ BROKER_TIMEOUT_S = 1.0
 
 class Dispatcher(Protocol):
     def submit(self, kind: JobKind, job_id: str) -> None: ...
+
+    def send(self, name: str, args: list[str], *, countdown: float | None = None) -> None:
+        """Send a task that is not a job (``TASK_BSE``)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -64,12 +81,14 @@ class CeleryDispatcher:
         name = TASK_NAMES[kind]
         self.send(name, [job_id])
 
-    def send(self, name: str, args: list[str]) -> None:
-        """Send one task message or raise :class:`BrokerUnavailable` within a few seconds."""
+    def send(self, name: str, args: list[str], *, countdown: float | None = None) -> None:
+        """Send one task message or raise :class:`BrokerUnavailable` within a few seconds
+        (``countdown``: run it no sooner than that many seconds from now)."""
         try:
             self._app.send_task(
                 name,
                 args=args,
+                countdown=countdown or None,
                 queue=TASK_QUEUES[name],
                 retry=True,
                 retry_policy={"max_retries": 1, "interval_start": 0.1, "interval_step": 0.2},
@@ -104,7 +123,30 @@ class InlineDispatcher:
         with self._lock:
             self._futures.discard(future)
 
+    def send(self, name: str, args: list[str], *, countdown: float | None = None) -> None:
+        """Run a non-job task on the same thread (in the embedded mode ``countdown`` is not
+        waited for: the thread would idle)."""
+        if name != TASK_BSE:
+            raise ValueError(f"No in-process runner for task {name!r}")
+        future = self._pool.submit(self._encode, list(args))
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+
+    def _encode(self, users: list[str]) -> None:
+        from service.ctr import encode_users
+
+        try:
+            encode_users(self._container, users)
+        except Exception:  # the score path encodes users whose state is behind
+            logger.exception("Encoding the histories of %d user(s) failed", len(users))
+
     def _run(self, kind: JobKind, job_id: str) -> None:
+        if kind == JobKind.CTR_REBUILD:
+            from service.ctr_deploy import run_rebuild_job
+
+            run_rebuild_job(self._container, job_id)
+            return
         from service.jobs import run_job
 
         run_job(self._container, kind, job_id)

@@ -3,14 +3,18 @@
 The manifest is read once; both indexes are fanned out over the same live segments with
 the same tombstones and metadata allow-list; the documents are fetched last. Segment files
 are verified against the manifest's checksums when they are loaded: a corrupt segment is a
-:class:`~core.errors.SegmentCorrupt` (5xx) naming the collection, never silently fewer hits."""
+:class:`~core.errors.SegmentCorrupt` (5xx) naming the collection, never silently fewer hits.
+
+:func:`search` is the use case: the first stage (:class:`Searcher`) and, when asked, a rerank
+stage (:class:`RerankStage`) that reorders the first stage's candidates with a text reranker
+(:func:`service.rerank.rerank`)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +29,11 @@ from indexer.fusion import rrf
 from indexer.lexical import search_lexical
 from indexer.manifest import active_segments, tombstone_ids
 from indexer.search import search_segments
+from service.rerank import check_query, resolve_reranker
+from service.rerank import rerank as rerank_texts
+
+if TYPE_CHECKING:
+    from service.container import Container
 
 logger = logging.getLogger(__name__)
 
@@ -35,12 +44,30 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
+    #: With a rerank stage: the first stage's score (``score`` is then the reranker's).
+    first_stage_score: float | None = None
 
 
 @dataclass
 class SearchResult:
     hits: list[Hit]
     timings: dict[str, float] = field(default_factory=dict)
+    #: The reranker that ordered the hits (``None`` without a rerank stage).
+    reranker: str | None = None
+
+
+#: Candidates the rerank stage takes from the first stage unless told otherwise (capped by
+#: ``QUARRY_RERANK__MAX_DOCUMENTS``).
+DEFAULT_RERANK_CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class RerankStage:
+    """Rerank the first stage's top ``candidates`` with ``model`` (default: the configured
+    reranker); ``None`` candidates is :data:`DEFAULT_RERANK_CANDIDATES` or the limit."""
+
+    model: str | None = None
+    candidates: int | None = None
 
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
@@ -88,6 +115,7 @@ class Searcher:
             tombstones = tombstone_ids(s, coll.id)
             allow = filtered_ids(s, coll.id, filters) if filters else None
             cid, metric, model = coll.id, coll.metric, coll.embedder
+            bm25_k1, bm25_b = coll.bm25_k1, coll.bm25_b
         timings["manifest_ms"] = _ms(t_all)
         if allow is not None and len(allow) == 0:
             timings["total_ms"] = _ms(t_all)
@@ -125,7 +153,9 @@ class Searcher:
         if mode in ("lexical", "hybrid"):
             t = time.perf_counter()
             lex = [seg.lexical for seg in loaded if seg.lexical is not None]
-            lscores, lids = search_lexical(lex, query, depth, exclude_ids=exclude, allow_ids=allow)
+            lscores, lids = search_lexical(
+                lex, query, depth, exclude_ids=exclude, allow_ids=allow, k1=bm25_k1, b=bm25_b
+            )
             timings["lexical_ms"] = _ms(t)
             lexical = [(int(i), float(sc)) for i, sc in zip(lids, lscores, strict=True) if i >= 0]
         if mode == "hybrid":
@@ -154,6 +184,56 @@ class Searcher:
         timings["fetch_ms"] = _ms(t)
         timings["total_ms"] = _ms(t_all)
         return SearchResult(hits, timings)
+
+
+def search(
+    c: Container,
+    collection: str,
+    query: str,
+    *,
+    k: int = 10,
+    filters: dict[str, Any] | None = None,
+    mode: SearchMode = "dense",
+    rrf_k: int = 60,
+    rerank: RerankStage | None = None,
+) -> SearchResult:
+    """Top-``k`` documents for ``query``; with ``rerank``, the first stage (``mode``) fetches
+    ``max(k, candidates)`` hits, the reranker reorders them by (query, text) and the best ``k``
+    come back with the reranker's score as ``score`` and the first stage's as
+    ``first_stage_score``; ``timings`` gains ``rerank_ms``."""
+    if rerank is None:
+        return c.searcher.search(collection, query, k=k, filters=filters, mode=mode, rrf_k=rrf_k)
+    # Refuse a bad stage before any work: the reranker's name, the query, the candidates.
+    settings = c.settings
+    name = resolve_reranker(settings, rerank.model)
+    check_query(settings, query)
+    limit = settings.rerank.max_documents
+    candidates = rerank.candidates
+    if candidates is None:
+        candidates = min(DEFAULT_RERANK_CANDIDATES, limit)
+    elif isinstance(candidates, bool) or not 1 <= candidates <= limit:
+        raise InvalidRequest(
+            f"rerank.candidates must be between 1 and {limit} (QUARRY_RERANK__MAX_DOCUMENTS), "
+            f"not {candidates}"
+        )
+    t_all = time.perf_counter()
+    first = c.searcher.search(
+        collection, query, k=max(k, candidates), filters=filters, mode=mode, rrf_k=rrf_k
+    )
+    timings = {key: ms for key, ms in first.timings.items() if key != "total_ms"}
+    hits: list[Hit] = []
+    if first.hits:
+        out = rerank_texts(
+            c, query, [h.text for h in first.hits], model=name, top_n=k, truncate=True
+        )
+        timings.update(out.timings)
+        for i, score in zip(out.indices, out.scores, strict=True):
+            hit = first.hits[i]
+            hits.append(Hit(hit.external_id, score, hit.text, hit.metadata, hit.score))
+    else:
+        timings["rerank_ms"] = 0.0
+    timings["total_ms"] = _ms(t_all)
+    return SearchResult(hits, timings, reranker=name)
 
 
 def _ms(t0: float) -> float:

@@ -13,7 +13,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from core.errors import QuarryError
 from core.settings import get_settings
 from service import Container, build
-from service.dispatch import TASK_COMPACT, TASK_INGEST, TASK_REAP
+from service.ctr import encode_users
+from service.ctr_deploy import run_rebuild
+from service.dispatch import TASK_BSE, TASK_COMPACT, TASK_CTR_REBUILD, TASK_INGEST, TASK_REAP
 from service.jobs import fail_job, reap, run_compact, run_ingest
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,28 @@ def ingest(self: Task, job_id: str) -> int:
 def compact(self: Task, job_id: str) -> int:
     """Merge a collection's segments into one index of its spec."""
     return _run(self, run_compact, job_id)
+
+
+@shared_task(bind=True, name=TASK_CTR_REBUILD, acks_late=True, max_retries=MAX_RETRIES)
+def ctr_rebuild(self: Task, job_id: str) -> int:
+    """Encode every user's history for a CTR deployment, then switch its name to it."""
+    return _run(self, run_rebuild, job_id)
+
+
+@shared_task(bind=True, name=TASK_BSE, acks_late=True, max_retries=MAX_RETRIES)
+def bse(self: Task, *user_ids: str) -> int:
+    """Bring these users' encoded histories up to date (idempotent: a redelivery finds them
+    current and writes nothing)."""
+    try:
+        return encode_users(get_container(), list(user_ids))
+    except QuarryError as exc:  # e.g. a model that cannot load: the score path catches up
+        logger.warning("BSE of %d user(s) failed: %s", len(user_ids), exc.message)
+        return 0
+    except TRANSIENT as exc:
+        if self.request.retries >= MAX_RETRIES:
+            raise
+        delay = min(2 ** (self.request.retries + 1), 60)
+        raise self.retry(exc=exc, countdown=delay, max_retries=MAX_RETRIES) from exc
 
 
 @shared_task(name=TASK_REAP)

@@ -42,6 +42,8 @@ def create_collection(
         index_spec=body.index_spec,
         lexical=body.lexical,
         description=body.description,
+        bm25_k1=body.bm25_k1,
+        bm25_b=body.bm25_b,
     )
     return _public(info)
 

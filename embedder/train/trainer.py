@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import platform
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -54,6 +53,12 @@ from embedder.batching import pad_rows
 from embedder.llm.config import CONFIG_NAME, get_preset
 from embedder.llm.model import LLMEmbedder, LLMEmbeddingModel
 from embedder.llm.names import packaged_llm
+from embedder.train.checkpoints import (
+    CHECKPOINTS_DIR,
+    latest_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from embedder.train.data import TrainExample, check_examples
 from embedder.train.loss import DEFAULT_TEMPERATURE, info_nce_loss
 
@@ -70,9 +75,6 @@ __all__ = [
     "train_embedder",
 ]
 
-CHECKPOINTS_DIR = "checkpoints"
-CHECKPOINT_MODEL = "model"
-TRAINER_STATE = "trainer_state.pt"
 TRAINING_RECORD = "training.json"
 
 
@@ -225,16 +227,6 @@ def lr_factor(step: int, *, warmup: int, total: int) -> float:
     if step < warmup:
         return step / warmup
     return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The most recent complete checkpoint under ``out/checkpoints``, or ``None``."""
-    root = Path(out) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return None
-    done = [p for p in root.glob("step-*") if p.is_dir() and (p / TRAINER_STATE).is_file()]
-    complete = [p for p in done if p.name[5:].isdigit()]
-    return max(complete, key=lambda p: int(p.name[5:]), default=None)
 
 
 class _TokenTable:
@@ -647,59 +639,29 @@ class EmbedderTrainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``out/checkpoints/step-NNNNNNN`` atomically; prune older checkpoints."""
-        root = self.out / CHECKPOINTS_DIR
-        final = root / f"step-{self.step:07d}"
-        tmp = root / f".{final.name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        self._save_model_dir(tmp / CHECKPOINT_MODEL)
-        state = {
-            "step": self.step,
-            "config": self.config.to_dict(),
-            "trainable": {n: p.detach().cpu() for n, p in self._trainable},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": self._rng_state(),
-            "losses": list(self.losses),
-        }
-        torch.save(state, tmp / TRAINER_STATE)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        kept = sorted(
-            (p for p in root.glob("step-*") if p.name[5:].isdigit()), key=lambda p: int(p.name[5:])
+        return write_checkpoint(
+            self.out,
+            step=self.step,
+            config=self.config,
+            trainable=self._trainable,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            rng=self._rng_state(),
+            losses=self.losses,
+            save_model=self._save_model_dir,
         )
-        for old in kept[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old)
-        logger.info("checkpoint %s", final)
-        return final
 
     def _resume(self) -> None:
-        ckpt = latest_checkpoint(self.out)
-        if ckpt is None:
-            logger.info("no checkpoint in %s; training from step 0", self.out)
-            return
-        state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
-        changed = self.config.differences(TrainConfig.from_dict(state["config"]))
-        if changed:
-            raise InvalidRequest(
-                f"Checkpoint {ckpt} was trained with other settings ({'; '.join(changed)}); "
-                "resume with the same settings or train into another directory."
-            )
-        saved: dict[str, torch.Tensor] = state["trainable"]
-        names = [n for n, _ in self._trainable]
-        if sorted(saved) != sorted(names):
-            raise InvalidRequest(f"Checkpoint {ckpt} does not match this model's parameters")
-        with torch.no_grad():
-            for name, param in self._trainable:
-                param.copy_(saved[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
-        self.losses = [float(x) for x in state["losses"]]
-        self._rng_pending = state["rng"]
-        logger.info("resumed from %s at step %d", ckpt, self.step)
+        restored = read_checkpoint(
+            self.out,
+            config=self.config,
+            config_from_dict=type(self.config).from_dict,
+            trainable=self._trainable,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+        )
+        if restored is not None:
+            self.step, self.losses, self._rng_pending = restored
 
 
 def train_embedder(

@@ -6,10 +6,14 @@ A reranker is named by one of:
 - a directory written by ``quarry train reranker`` (it holds ``quarry_reranker.json``
   naming its kind) or any Hugging Face sequence-classification model directory (a
   cross-encoder);
-- a packaged name listed in :data:`PACKAGED_RERANKERS`.
+- a packaged name listed in :data:`PACKAGED_RERANKERS`: ``smollm2-pointwise`` (zero-shot
+  SmolLM2-135M-Instruct, the LLM kind) and the trained weights that ship in
+  ``ranker/text/weights/<name>/`` (``quarry-li-cranfield``).
 
-Kinds register a loader with :func:`register_kind`; an unknown name fails with the list of
-valid ones. Nothing reaches a model hub.
+Kinds register a loader with :func:`register_kind`; the built-in ones (``cross-encoder``,
+``late-interaction``, ``knrm``, ``llm``) are registered here with loaders that import torch
+only when called. An unknown name fails with the list of valid ones. Nothing reaches a model
+hub.
 """
 
 from __future__ import annotations
@@ -24,14 +28,30 @@ from typing import TYPE_CHECKING
 
 from core.errors import InvalidRequest, ModelNotAvailable
 from ranker.text.base import TextReranker
+from ranker.text.config import CONFIG_FILE, MODEL_KINDS
 
 if TYPE_CHECKING:
     from core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: The file a Quarry-trained reranker directory carries: ``{"kind": ..., ...}``.
-CONFIG_FILE = "quarry_reranker.json"
+__all__ = [
+    "CONFIG_FILE",
+    "KINDS",
+    "PACKAGED_RERANKERS",
+    "SHIPPED_RERANKERS",
+    "WEIGHTS_ROOT",
+    "KindLoader",
+    "LoadOptions",
+    "RerankerPool",
+    "load_reranker",
+    "register_kind",
+    "register_packaged",
+    "valid_names",
+]
+
+#: Where the trained rerankers that ship with Quarry live, one directory per name.
+WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,43 @@ def register_kind(kind: str, loader: KindLoader) -> None:
 def register_packaged(name: str, loader: Callable[[str, LoadOptions], TextReranker]) -> None:
     """Make ``name`` resolve without a path (a reranker Quarry ships or builds zero-shot)."""
     PACKAGED_RERANKERS[name] = loader
+
+
+def _model_directory(path: Path, name: str, options: LoadOptions) -> TextReranker:
+    from ranker.text.loaders import load_directory
+
+    return load_directory(path, name, options)
+
+
+for _kind in MODEL_KINDS:
+    register_kind(_kind, _model_directory)
+del _kind
+
+
+def _shipped(name: str, options: LoadOptions) -> TextReranker:
+    path = WEIGHTS_ROOT / name
+    if not (path / CONFIG_FILE).is_file():
+        raise ModelNotAvailable(
+            f"The packaged reranker {name!r} is missing from this installation "
+            f"(expected {CONFIG_FILE} under ranker/text/weights/{name}/); reinstall Quarry.",
+            details={"model": name},
+        )
+    return _model_directory(path, name, options)
+
+
+def _smollm2_pointwise(name: str, options: LoadOptions) -> TextReranker:
+    from ranker.text.loaders import zero_shot
+
+    return zero_shot("llm", "smollm2", name, options)
+
+
+#: Trained rerankers shipped under ``ranker/text/weights/`` (see each one's README).
+SHIPPED_RERANKERS: tuple[str, ...] = ("quarry-li-cranfield",)
+
+for _name in SHIPPED_RERANKERS:
+    register_packaged(_name, _shipped)
+del _name
+register_packaged("smollm2-pointwise", _smollm2_pointwise)
 
 
 def _bi_encoder(arg: str, name: str, options: LoadOptions) -> TextReranker:
@@ -98,7 +155,12 @@ def _dir_kind(path: Path) -> str | None:
 
 def valid_names() -> list[str]:
     """What :func:`load_reranker` accepts, for error messages."""
-    return [*sorted(PACKAGED_RERANKERS), "embedder:MODEL", "a reranker directory"]
+    kinds = ", ".join(sorted(KINDS))
+    return [
+        *sorted(PACKAGED_RERANKERS),
+        "embedder:MODEL",
+        f"a reranker directory (kinds: {kinds}, or a Hugging Face cross-encoder)",
+    ]
 
 
 def load_reranker(name: str, options: LoadOptions | None = None) -> TextReranker:

@@ -315,3 +315,13 @@ def test_llm_embedder_collection_end_to_end(client: TestClient) -> None:
         assert hits[0]["id"] == key  # the same text gives the same vector
     r = client.post("/v1/embeddings", json={"input": "hello", "model": "smollm2:design1"})
     assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 576
+
+
+def test_bm25_parameters_are_collection_settings(client: TestClient) -> None:
+    r = client.post("/v1/collections", json={"name": "bm", "bm25_k1": 1.2, "bm25_b": 0.75})
+    assert r.status_code == 201, r.text
+    assert (r.json()["bm25_k1"], r.json()["bm25_b"]) == (1.2, 0.75)
+    assert client.get("/v1/collections/bm").json()["bm25_b"] == 0.75
+    for bad in ({"bm25_k1": -1}, {"bm25_b": 1.5}):
+        r = client.post("/v1/collections", json={"name": "bad", **bad})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_request"

@@ -58,8 +58,15 @@ SCOPE_TABLE: dict[tuple[str, str], str] = {
     ("POST", "/v1/collections/{name}/documents/delete"): WRITE,
     ("GET", "/v1/jobs/{job_id}"): READ,
     ("POST", "/v1/search"): READ,
+    ("POST", "/v1/rerank"): READ,
     ("POST", "/v1/embed"): READ,
     ("POST", "/v1/embeddings"): READ,
+    ("POST", "/v1/items"): WRITE,
+    ("GET", "/v1/items/{item_id:path}"): READ,
+    ("POST", "/v1/events"): WRITE,
+    ("GET", "/v1/users/{user_id:path}/events"): READ,
+    ("POST", "/v1/ctr/score"): READ,
+    ("GET", "/v1/ctr/models"): READ,
 }
 KEYED = [route for route, scope in SCOPE_TABLE.items() if scope != OPEN]
 
@@ -185,8 +192,23 @@ REQUESTS: dict[tuple[str, str], Callable[[Ctx], Req]] = {
     ("POST", "/v1/search"): lambda ctx: Req(
         "POST", "/v1/search", {"collection": ctx.collection, "query": "telescope", "k": 2}
     ),
+    ("POST", "/v1/rerank"): lambda ctx: Req(
+        "POST", "/v1/rerank", {"query": "telescope", "documents": ["A galaxy.", "Rates fell."]}
+    ),
     ("POST", "/v1/embed"): lambda ctx: Req("POST", "/v1/embed", {"inputs": ["hello"]}),
     ("POST", "/v1/embeddings"): lambda ctx: Req("POST", "/v1/embeddings", {"input": "hello"}),
+    ("POST", "/v1/items"): lambda ctx: Req("POST", "/v1/items", {"items": [{"id": "it/1"}]}),
+    # 404 for an item never stored: the key got through.
+    ("GET", "/v1/items/{item_id:path}"): lambda ctx: Req("GET", "/v1/items/it/1", ok=(200, 404)),
+    ("POST", "/v1/events"): lambda ctx: Req(
+        "POST", "/v1/events", {"events": [{"user_id": "u/1", "item_id": "it/1"}]}
+    ),
+    ("GET", "/v1/users/{user_id:path}/events"): lambda ctx: Req("GET", "/v1/users/u/1/events"),
+    # No CTR model is deployed here: 404 ctr_model_not_found once the key got through.
+    ("POST", "/v1/ctr/score"): lambda ctx: Req(
+        "POST", "/v1/ctr/score", {"user_id": "u/1", "items": ["it/1"]}, (404,)
+    ),
+    ("GET", "/v1/ctr/models"): lambda ctx: Req("GET", "/v1/ctr/models"),
 }
 
 

@@ -37,14 +37,18 @@ LIMITS = {
     "QUARRY_LIMITS__MAX_EMBED_INPUTS": "8",
     "QUARRY_LIMITS__MAX_K": "50",
     "QUARRY_LIMITS__MAX_REQUEST_BYTES": "65536",
+    # Reranking through the tiny default embedder keeps the rerank operations cheap.
+    "QUARRY_RERANK__DEFAULT_MODEL": "",
+    "QUARRY_RERANK__MAX_DOCUMENTS": "16",
+    "QUARRY_RERANK__MAX_DOCUMENT_CHARS": "2000",
 }
 API_KEY = "fuzz-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 # Rejections a negative case may get: 413 answers a batch over the server's limits.
 REJECTED = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 REQUEST_TIMEOUT_S = 10.0
-# Examples per operation and generation mode (16 operations); operations without parameters
-# stop early (Hypothesis exhausts them), the others make up the >= 1,000 total.
+# Examples per operation and generation mode (every operation of the schema); operations
+# without parameters stop early (Hypothesis exhausts them), the others make up the >= 1,000 total.
 MAX_EXAMPLES = {"positive": 150, "negative": 80}
 MIN_TOTAL_CASES = 1000
 

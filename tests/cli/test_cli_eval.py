@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -55,6 +59,69 @@ def test_rerank_writes_results_and_run(tiny_trec: Path, tmp_path: Path) -> None:
     assert record["run_file"] == "candidates-none.run.json"
     run = json.loads((tmp_path / "candidates-none.run.json").read_text())
     assert list(run["101"]) == ["p2", "p3", "p1"]
+    # 104 is judged but has no candidates (scores 0); 103 has candidates but no judgements.
+    assert record["coverage"] == {
+        "judged": 3,
+        "evaluated": 2,
+        "judged_absent": 1,
+        "judged_absent_ids": ["104"],
+        "unjudged": 1,
+    }
+    assert (
+        "Coverage: 2 of 3 judged queries have candidates; 1 without candidates (scored 0, "
+        "counted in the means): 104; 1 unjudged query left out"
+    ) in res.output
+
+
+class _Reverse:
+    """Reverses the first-stage order of the candidates it is given."""
+
+    name = "reverse"
+
+    def score(self, query: str, candidates: Sequence[Any]) -> np.ndarray:
+        return np.array([c.rank for c in candidates], dtype=np.float64)
+
+
+@pytest.fixture
+def reverse_reranker() -> Iterator[None]:
+    from evaluation.rerank import RERANKERS, register_reranker
+
+    register_reranker("reverse", lambda arg, settings: _Reverse())
+    try:
+        yield
+    finally:
+        del RERANKERS["reverse"]
+
+
+@pytest.mark.usefixtures("reverse_reranker")
+def test_rerank_depth_keeps_the_tail_and_names_the_run(
+    tiny_trec: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = ["--metric", "recall@100", "--metric", "recall@100-l2", "--metric", "ndcg@10"]
+    full = _rerank(tiny_trec, tmp_path, *metrics)
+    assert full.exit_code == 0, full.output
+    with caplog.at_level(logging.WARNING):
+        res = _rerank(tiny_trec, tmp_path, "--reranker", "reverse", "--depth", "2", *metrics)
+    assert res.exit_code == 0, res.output
+    assert "| candidates-reverse-d2 |" in res.output
+    # its own files: the full first-stage run is still there, unchanged
+    first = json.loads((tmp_path / "candidates-none.json").read_text())
+    deep = json.loads((tmp_path / "candidates-reverse-d2.json").read_text())
+    assert deep["config"]["depth"] == 2 and deep["config"]["reranker"] == "reverse"
+    assert deep["run_file"] == "candidates-reverse-d2.run.json"
+    assert first["config"]["depth"] is None
+    # the top two are reordered, the third candidate stays below them
+    run = json.loads((tmp_path / "candidates-reverse-d2.run.json").read_text())
+    assert list(run["101"]) == ["p3", "p2", "p1"] and list(run["102"]) == ["p3", "p1"]
+    assert run["101"]["p1"] < min(run["101"]["p3"], run["101"]["p2"])
+    # recall@100 is the first stage's, query by query (truncating to 2 lost p1 of 101)
+    for metric in ("recall@100", "recall@100-l2"):
+        assert deep["aggregate"][metric] == first["aggregate"][metric]
+        for qid, values in first["per_query"].items():
+            assert deep["per_query"][qid][metric] == values[metric]
+    assert deep["aggregate"]["ndcg@10"] != first["aggregate"]["ndcg@10"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("covers part of the qrels" in m and "104" in m for m in warned)
 
 
 def test_rerank_errors_are_one_line(tiny_trec: Path, tmp_path: Path) -> None:
@@ -91,6 +158,28 @@ def test_compare_writes_json_markdown_png(tiny_trec: Path, tmp_path: Path) -> No
     assert "first (baseline)" in md and "0.4398" in md and "second vs first" in md
     data = json.loads((out / "compare.json").read_text())
     assert data["comparisons"][0]["pairs"][0]["n_queries"] == 3
+    # both runs miss judged query 104 and drop unjudged 103: the report says so
+    assert "## Query coverage" in md and "| first | 3 | 2 | 1 | 1 |" in md
+    assert data["runs"]["second"]["coverage"]["judged_absent_ids"] == ["104"]
+
+
+def test_compare_plots_every_metric(tiny_trec: Path, tmp_path: Path) -> None:
+    assert _rerank(tiny_trec, tmp_path, "--name", "first").exit_code == 0
+    assert _rerank(tiny_trec, tmp_path, "--name", "second", "--depth", "1").exit_code == 0
+    records = [str(tmp_path / "first.json"), str(tmp_path / "second.json")]
+    out = tmp_path / "cmp"
+    metrics = ["--metric", "ndcg@10", "--metric", "map-l2", "--metric", "recall@100-l2"]
+    res = runner.invoke(
+        app, ["compare", *records, "--baseline", "first", "--out", str(out), *metrics]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / "compare.json").read_text())
+    assert [c["metric"] for c in data["comparisons"]] == ["ndcg@10", "map-l2", "recall@100-l2"]
+    from PIL import Image
+
+    with Image.open(out / "compare.png") as png:
+        height = png.size[1]
+    assert height == round(3 * 4.5 * 110)  # three panels of 4.5 in at 110 dpi, stacked
 
 
 def test_compare_errors(tiny_trec: Path, tmp_path: Path) -> None:
@@ -134,11 +223,15 @@ def _score(*args: str):
 
 
 def test_run_scores_a_json_run(
-    tiny_beir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_beir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     run = _hand_run(tmp_path / "in")
-    res = _score("--run", str(run), "--data", str(tiny_beir), "--config", "model=hand")
+    with caplog.at_level(logging.WARNING, logger="quarry.cli.eval"):
+        res = _score("--run", str(run), "--data", str(tiny_beir), "--config", "model=hand")
     assert res.exit_code == 0, res.output
     out = tmp_path / "evaluation/runs/tiny_beir"  # the default folder and name
     record = json.loads((out / "hand.json").read_text())
@@ -171,7 +264,22 @@ def test_run_scores_a_json_run(
     assert record["run_file"] == "hand.run.json"
     assert list(json.loads((out / "hand.run.json").read_text())["q1"]) == ["d1", "d5", "d2"]
     assert f"| hand | {HAND_NDCG:.4f} | {HAND_RECALL:.4f} | 0.6667 |" in res.output
-    assert "1 judged queries have no ranking (scored 0); 1 run queries" in res.output
+    assert (
+        "Coverage: 2 of 3 judged queries have a ranking; 1 without a ranking (scored 0, "
+        "counted in the means): q2; 1 unjudged query left out"
+    ) in res.output
+    assert record["coverage"] == {
+        "judged": 3,
+        "evaluated": 2,
+        "judged_absent": 1,
+        "judged_absent_ids": ["q2"],
+        "unjudged": 1,
+    }
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        "hand.run.json covers part of the qrels: 2 of 3 judged queries have a ranking; 1 "
+        "without a ranking (scored 0, counted in the means): q2; 1 unjudged query left out"
+    ]
 
 
 def test_run_trec_runs_feed_compare(tiny_beir: Path, tmp_path: Path) -> None:
@@ -187,7 +295,8 @@ def test_run_trec_runs_feed_compare(tiny_beir: Path, tmp_path: Path) -> None:
     assert perfect["aggregate"] == pytest.approx(
         {"ndcg@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0, "map": 1.0}
     )
-    assert "judged queries have no ranking" not in res.output
+    assert "Coverage:" not in res.output  # the perfect run covers every judged query
+    assert perfect["coverage"]["judged_absent"] == 0 and perfect["coverage"]["unjudged"] == 0
     cmp = tmp_path / "cmp"
     res = runner.invoke(
         app,
@@ -348,6 +457,25 @@ def test_retrieval_cli_end_to_end(tiny_beir: Path, tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     rec2 = json.loads((tmp_path / "evaluation/runs/tiny_beir/tiny_beir-lexical.json").read_text())
     assert rec2["timings"]["indexed"] == 0 and rec2["aggregate"] == record["aggregate"]
+    assert (record["config"]["bm25_k1"], record["config"]["bm25_b"]) == (0.9, 0.4)
+
+    # BM25 parameters of a new collection; the run records them and its scores follow them.
+    args = ["retrieval", "--data", str(tiny_beir), "--mode", "lexical", "--no-progress"]
+    k12 = _quarry(tmp_path, *args, "--collection", "k12", "--bm25-k1", "1.2", "--bm25-b", "0.75")
+    assert k12.returncode == 0, k12.stderr
+    rec3 = json.loads((tmp_path / "evaluation/runs/tiny_beir/k12-lexical.json").read_text())
+    assert (rec3["config"]["bm25_k1"], rec3["config"]["bm25_b"]) == (1.2, 0.75)
+    run1 = json.loads(
+        (tmp_path / "evaluation/runs/tiny_beir/tiny_beir-lexical.run.json").read_text()
+    )
+    run3 = json.loads((tmp_path / "evaluation/runs/tiny_beir/k12-lexical.run.json").read_text())
+    assert run3["q1"].keys() == run1["q1"].keys() and run3["q1"] != run1["q1"]
+    # the existing collection keeps its own; asking for others is refused
+    clash = _quarry(tmp_path, *args, "--bm25-k1", "1.2")
+    assert clash.returncode == 1
+    assert "searches with BM25 k1=0.9 b=0.4, not k1=1.2" in clash.stderr + clash.stdout
+    bad = _quarry(tmp_path, *args, "--collection", "bad", "--bm25-b", "1.5")
+    assert bad.returncode == 2 and "--bm25-b" in bad.stderr
 
 
 def test_eval_is_registered_in_quarry() -> None:

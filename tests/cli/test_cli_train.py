@@ -156,3 +156,138 @@ def test_bad_arguments_give_one_line(
     assert res.exit_code == 1, res.output
     assert "error (invalid_request)" in res.output and message in res.output
     assert "Traceback" not in res.output
+
+
+# --- quarry train reranker / rerank-run --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT saved as a Hugging Face directory, for reranker ``--backbone``."""
+    from tests.ranker.text.conftest import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("cli-rerank") / "tiny-bert")
+
+
+def _rerank(bert_dir: Path, out: Path, *extra: str):
+    return runner.invoke(
+        app,
+        [
+            "reranker",
+            "--backbone",
+            str(bert_dir),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--negatives",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            *extra,
+        ],
+    )
+
+
+def test_train_reranker_from_beir_with_a_held_out_share(bert_dir: Path, tmp_path: Path) -> None:
+    from ranker.text import load_reranker
+    from ranker.text.config import CONFIG_FILE as RERANKER_CONFIG
+
+    out = tmp_path / "li"
+    args = ["--kind", "late-interaction", "--beir", str(FIXTURE), "--option", "dim=8"]
+    args += ["--max-length", "32", "--holdout", "0.3", "--checkpoint-every", "2"]
+    res = _rerank(bert_dir, out, *args)
+    assert res.exit_code == 0, res.output
+    assert "Trained late-interaction reranker" in res.output and '"reranked"' in res.output
+    config = json.loads((out / RERANKER_CONFIG).read_text())
+    assert config["kind"] == "late-interaction" and config["options"]["dim"] == 8
+    assert config["options"]["max_length"] == 32 and config["backbone_training"] == "full"
+    record = json.loads((out / TRAINING_RECORD).read_text())
+    held = record["heldout_queries"]
+    assert len(held) == 3 and record["data"]["min_grade"] == 1  # 9 judged queries, 30%
+    assert record["config"]["loss"] == "listwise" and len(record["losses"]) == 3
+    report = json.loads((out / "heldout.json").read_text())
+    assert report["heldout_queries"] == held
+    assert set(report["first_stage"]) == set(report["reranked"]) == {"ndcg@10", "mrr@10"}
+    run = json.loads((out / "heldout.run.json").read_text())
+    assert sorted(run) == sorted(held)
+    assert latest_checkpoint(out) is not None
+    scores = load_reranker(str(out)).score("ocean water", ["the ocean", "bread"])
+    assert scores.shape == (2,)
+
+
+def test_train_reranker_k_fold_then_rerank_run(bert_dir: Path, tmp_path: Path) -> None:
+    from tests.ranker.text.test_ranker_text_kfold import TOPICS, write_trec_set
+
+    cands, qrels = write_trec_set(tmp_path / "data")
+    out = tmp_path / "folds"
+    args = ["--kind", "knrm", "--candidates", str(cands), "--qrels", str(qrels), "--folds", "3"]
+    res = _rerank(bert_dir, out, *args, "--head-lr", "0.1", "--loss", "bce")
+    assert res.exit_code == 0, res.output
+    folds = json.loads((out / "folds.json").read_text())
+    assert [f["model"] for f in folds["folds"]] == ["fold-0", "fold-1", "fold-2"]
+    for fold in folds["folds"]:
+        assert not set(fold["train_queries"]) & set(fold["score_queries"])
+    pooled = json.loads((out / "pooled.run.json").read_text())
+    assert sorted(pooled) == sorted(TOPICS)
+    report = json.loads((out / "pooled.json").read_text())
+    assert set(report["reranked"]) == {"ndcg@10", "mrr@10-l2"}  # TREC: min grade 2
+
+    again = tmp_path / "again.run.json"
+    res = runner.invoke(
+        app,
+        [
+            "rerank-run",
+            "--folds-dir",
+            str(out),
+            "--candidates",
+            str(cands),
+            "--out",
+            str(again),
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(again.read_text()) == pooled
+    one = tmp_path / "one.run.json"
+    res = runner.invoke(
+        app,
+        [
+            "rerank-run",
+            "--reranker",
+            str(out / "fold-0"),
+            "--candidates",
+            str(cands),
+            "--out",
+            str(one),
+            "--no-progress",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(json.loads(one.read_text())) == sorted(TOPICS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "exactly one data source"),
+        (["--beir", str(FIXTURE), "--data", "x.jsonl"], "exactly one data source"),
+        (["--beir", str(FIXTURE), "--kind", "monot5"], "Valid kinds: cross-encoder"),
+        (["--beir", str(FIXTURE), "--loss", "hinge"], "Valid losses: listwise, bce"),
+        (["--beir", str(FIXTURE), "--folds", "3"], "--folds cross-validates a TREC set"),
+        (["--beir", str(FIXTURE), "--option", "dims=3"], "Valid options: max_length"),
+        (["--beir", str(FIXTURE), "--backbone-training", "half"], "Valid modes: frozen"),
+    ],
+)
+def test_reranker_bad_arguments_give_one_line(
+    bert_dir: Path, tmp_path: Path, extra: list[str], message: str
+) -> None:
+    res = _rerank(bert_dir, tmp_path / "m", *extra)
+    assert res.exit_code == 1, res.output
+    assert "error (invalid_request)" in res.output and message in res.output
+    assert "Traceback" not in res.output

@@ -8,7 +8,7 @@ import pytest
 
 from core.datasets import load_beir
 from core.errors import InvalidRequest
-from evaluation.metrics import evaluate_run, rank_order_run
+from evaluation.metrics import coverage_note, evaluate_run, query_coverage, rank_order_run
 
 # The qrels of tests/fixtures/tiny_beir (test split):
 #   q1: d1=2, d2=1, d5=0      q2: d3=1      q3: d6=2, d7=2, d8=1
@@ -79,6 +79,37 @@ def test_missing_and_empty_queries_count_as_zero(qrels) -> None:
 def test_no_results_at_all(qrels) -> None:
     res = evaluate_run(qrels, {}, ["ndcg@10"])
     assert res.aggregate["ndcg@10"] == 0.0 and len(res.per_query) == 3
+    assert res.coverage["evaluated"] == 0 and res.coverage["judged_absent"] == 3
+
+
+def test_coverage_counts_absent_and_unjudged_queries(qrels: dict[str, dict[str, int]]) -> None:
+    full = evaluate_run(qrels, RUN, ["ndcg@10"])
+    assert full.coverage == {
+        "judged": 3,
+        "evaluated": 3,
+        "judged_absent": 0,
+        "judged_absent_ids": [],
+        "unjudged": 1,  # qX
+    }
+    partial = evaluate_run(qrels, {"q1": RUN["q1"], "q3": {}}, ["ndcg@10"])
+    assert partial.coverage == {
+        "judged": 3,
+        "evaluated": 1,
+        "judged_absent": 2,  # q2 absent, q3 empty: both score 0
+        "judged_absent_ids": ["q2", "q3"],
+        "unjudged": 0,
+    }
+    assert partial.incomplete and full.incomplete
+    assert not evaluate_run(qrels, {q: RUN[q] for q in qrels}, ["ndcg@10"]).incomplete
+    assert coverage_note(partial.coverage, unit="candidates") == (
+        "1 of 3 judged queries have candidates; 2 without candidates (scored 0, counted in "
+        "the means): q2, q3"
+    )
+    assert coverage_note(full.coverage) == (
+        "3 of 3 judged queries have results; 1 unjudged query left out"
+    )
+    many = query_coverage({f"q{i}": {"d": 1} for i in range(12)}, {})
+    assert coverage_note(many).endswith("q0, q1, q10, q11, q2, q3, q4, q5, q6, q7, ... (2 more)")
 
 
 def test_preserve_order_ignores_tied_scores(qrels) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 import re
 import zlib
 from collections.abc import Sequence
@@ -11,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.datasets import load_trec_candidates, load_trec_qrels
+from core.datasets import Candidate, load_trec_candidates, load_trec_qrels
 from core.errors import InvalidRequest
 from core.settings import Settings
 from evaluation.rerank import (
     RERANKERS,
     EmbedderReranker,
     FirstStage,
+    _scores_below,
     make_reranker,
     register_reranker,
     run_rerank_eval,
@@ -73,11 +76,98 @@ def test_embedder_reranker_reorders(tiny_trec: Path) -> None:
     assert res.aggregate["ndcg@10"] == pytest.approx(2 / 3)
 
 
-def test_depth_limits_candidates(tiny_trec: Path) -> None:
+class Reverse:
+    """Reverses the first-stage order of whatever it is given (the rank is the score)."""
+
+    name = "reverse"
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def score(self, query: str, candidates: Sequence[Candidate]) -> np.ndarray:
+        self.seen.append(len(candidates))
+        return np.array([c.rank for c in candidates], dtype=np.float64)
+
+
+RECALL = ("recall@100", "recall@100-l2", "ndcg@10")
+
+
+def test_depth_reranks_the_top_and_keeps_the_tail(tiny_trec: Path) -> None:
     cands = load_trec_candidates(tiny_trec / "candidates.json")
     qrels = load_trec_qrels(tiny_trec / "qrels.txt")
-    _, run, _ = run_rerank_eval(cands, qrels, FirstStage(), depth=1, show_progress=False)
-    assert run["101"] == {"p2": 9.5}
+    full, _, _ = run_rerank_eval(cands, qrels, FirstStage(), metrics=RECALL, show_progress=False)
+    reverse = Reverse()
+    res, run, timings = run_rerank_eval(
+        cands, qrels, reverse, depth=2, metrics=RECALL, show_progress=False
+    )
+    assert reverse.seen == [2, 2]  # 101 and 102: only the top 2 go to the reranker
+    # 101 is p2 p3 p1 first-stage: the top two swap, p1 (grade 3) stays, third.
+    assert list(run["101"]) == ["p3", "p2", "p1"]
+    assert list(run["102"]) == ["p3", "p1"]
+    # The tail is scored strictly below the reranked block, so the scores give the order.
+    for docs in run.values():
+        values = list(docs.values())
+        assert all(a > b for a, b in itertools.pairwise(values))
+    # Nothing is cut: recall at the list length is that of the full first stage, per query.
+    for qid in ("101", "102", "104"):
+        for metric in ("recall@100", "recall@100-l2"):
+            assert res.per_query[qid][metric] == full.per_query[qid][metric]
+    assert res.per_query["101"]["recall@100-l2"] == 1.0  # p1 was lost by truncating to 2
+    # 101 reordered p3 (0), p2 (1), p1 (3): DCG = 1/log2(3) + 3/2
+    idcg = 3 + 1 / log2(3)
+    assert res.per_query["101"]["ndcg@10"] == pytest.approx((1 / log2(3) + 1.5) / idcg)
+    assert timings["candidates"] == 5 and timings["reranked"] == 4
+
+
+def test_depth_one_keeps_the_first_stage_list(tiny_trec: Path) -> None:
+    cands = load_trec_candidates(tiny_trec / "candidates.json")
+    qrels = load_trec_qrels(tiny_trec / "qrels.txt")
+    _, run, _ = run_rerank_eval(cands, qrels, Reverse(), depth=1, show_progress=False)
+    assert run["101"] == {"p2": 1.0, "p3": 0.0, "p1": -1.0}  # first-stage order kept
+    _, deep, _ = run_rerank_eval(cands, qrels, Reverse(), depth=50, show_progress=False)
+    assert list(deep["101"]) == ["p1", "p3", "p2"]  # depth beyond the list reranks it all
+    with pytest.raises(InvalidRequest, match="depth must be at least 1"):
+        run_rerank_eval(cands, qrels, Reverse(), depth=0, show_progress=False)
+
+
+def test_tail_scores_stay_strictly_below_huge_scores() -> None:
+    for floor in (0.0, -3.5, 1e17, -1e17, 5e300):
+        tail = _scores_below(floor, 5)
+        assert np.isfinite(tail).all() and tail[0] < floor
+        assert np.all(np.diff(tail) < 0)
+
+
+def test_coverage_counts_missing_and_unjudged_queries(
+    tiny_trec: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cands = load_trec_candidates(tiny_trec / "candidates.json")
+    qrels = load_trec_qrels(tiny_trec / "qrels.txt")
+    with caplog.at_level(logging.WARNING, logger="evaluation.rerank"):
+        res, _, _ = run_rerank_eval(cands, qrels, FirstStage(), show_progress=False)
+    assert res.coverage == {
+        "judged": 3,
+        "evaluated": 2,
+        "judged_absent": 1,
+        "judged_absent_ids": ["104"],
+        "unjudged": 1,
+    }
+    assert res.incomplete
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1
+    assert "1 without candidates (scored 0" in warned[0].getMessage()
+    assert "104" in warned[0].getMessage() and "1 unjudged query" in warned[0].getMessage()
+
+    caplog.clear()
+    covered = {qid: qrels[qid] for qid in ("101", "102")}
+    with caplog.at_level(logging.WARNING, logger="evaluation.rerank"):
+        full, _, _ = run_rerank_eval(
+            cands, covered, FirstStage(), show_progress=False, metrics=["ndcg@10"]
+        )
+    assert full.coverage["judged_absent"] == 0 and full.coverage["unjudged"] == 1
+    # The same two queries, now the only judged ones: the mean is theirs alone.
+    assert full.aggregate["ndcg@10"] == pytest.approx(
+        (res.per_query["101"]["ndcg@10"] + res.per_query["102"]["ndcg@10"]) / 2
+    )
 
 
 def test_registry() -> None:
@@ -112,3 +202,16 @@ def test_dl19_first_stage_reproduces_published(file: str, expected: float) -> No
     res, _, timings = run_rerank_eval(cands, qrels, FirstStage(), show_progress=False)
     assert timings["queries"] == 43
     assert round(res.aggregate["ndcg@10"], 4) == expected
+
+
+@pytest.mark.skipif(not SHARED_DL19.is_dir(), reason="../shared/data/trec-dl19 is absent")
+def test_dl19_depth_keeps_recall_at_100() -> None:
+    cands = load_trec_candidates(SHARED_DL19 / "candidates" / "BM25_dl19.json")
+    qrels = load_trec_qrels(SHARED_DL19 / "qrels" / "qrels.dl19-passage.txt")
+    full, _, _ = run_rerank_eval(cands, qrels, FirstStage(), show_progress=False)
+    deep, run, timings = run_rerank_eval(cands, qrels, Reverse(), depth=10, show_progress=False)
+    assert timings["reranked"] == 43 * 10 and timings["candidates"] == 43 * 100
+    assert all(len(docs) == 100 for docs in run.values())
+    assert deep.aggregate["recall@100-l2"] == full.aggregate["recall@100-l2"]  # 0.4910
+    assert round(full.aggregate["recall@100-l2"], 4) == 0.4910
+    assert deep.aggregate["ndcg@10"] < full.aggregate["ndcg@10"]  # the top 10, reversed

@@ -10,6 +10,7 @@ import pytest
 
 from core.datasets import load_beir
 from core.errors import InvalidRequest
+from core.settings import Settings
 from evaluation.retrieval import check_mode, latency_stats, search_queries
 
 
@@ -140,6 +141,63 @@ def test_end_to_end_lexical_on_tiny_beir(tiny_beir: Path, sqlite_settings) -> No
                 mode="lexical",
                 reuse=False,
                 show_progress=False,
+            )
+    finally:
+        c.close()
+
+
+@pytest.mark.slow
+def test_collection_bm25_parameters_reach_search(
+    tiny_beir: Path, sqlite_settings: Settings
+) -> None:
+    """A collection's k1/b score its lexical search; reusing it with others is refused."""
+    import numpy as np
+
+    from evaluation.retrieval import collection_config, run_retrieval_eval
+    from indexer.lexical import build_lexical, search_lexical
+    from service import build
+
+    ds = load_beir(tiny_beir)
+    docs = list(ds.documents())
+    index = build_lexical([d.text for d in docs], np.arange(len(docs)))
+    query = ds.queries["q1"]
+
+    def reference(k1: float, b: float) -> dict[str, float]:
+        scores, rows = search_lexical([index], query, 10, k1=k1, b=b)
+        return {docs[r].id: float(s) for r, s in zip(rows, scores, strict=True)}
+
+    c = build(sqlite_settings)
+    try:
+        runs = {}
+        for name, k1, b in (("plain", None, None), ("lucene", 1.2, 0.75), ("flat", 0.0, 0.0)):
+            _, run, _ = run_retrieval_eval(
+                c,
+                ds,
+                collection=name,
+                mode="lexical",
+                k=10,
+                bm25_k1=k1,
+                bm25_b=b,
+                show_progress=False,
+            )
+            runs[name] = run["q1"]
+        assert collection_config(c, "plain")["bm25_k1"] == 0.9
+        assert collection_config(c, "plain")["bm25_b"] == 0.4
+        assert collection_config(c, "lucene")["bm25_k1"] == 1.2
+        assert collection_config(c, "lucene")["bm25_b"] == 0.75
+        for name, (k1, b) in {"plain": (0.9, 0.4), "lucene": (1.2, 0.75), "flat": (0, 0)}.items():
+            assert runs[name] == pytest.approx(reference(k1, b), rel=1e-6)
+        assert runs["plain"]["d1"] != pytest.approx(runs["lucene"]["d1"], rel=1e-3)
+
+        # Reusing a collection: unspecified parameters accept it, others are refused.
+        run_retrieval_eval(c, ds, collection="lucene", mode="lexical", show_progress=False)
+        with pytest.raises(InvalidRequest, match=r"BM25 k1=1\.2 b=0\.75, not k1=0\.9;"):
+            run_retrieval_eval(
+                c, ds, collection="lucene", mode="lexical", bm25_k1=0.9, show_progress=False
+            )
+        with pytest.raises(InvalidRequest, match="bm25_b"):
+            run_retrieval_eval(
+                c, ds, collection="bad", mode="lexical", bm25_b=1.5, show_progress=False
             )
     finally:
         c.close()

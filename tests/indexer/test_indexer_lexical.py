@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -206,6 +207,53 @@ def test_bm25_parameters_change_scores(corpus: tuple[list[str], np.ndarray]) -> 
     scores, found = search_lexical([index], QUERIES[4], len(texts), k1=1.2, b=0.75)
     expected = reference.get_scores(tokenize([QUERIES[4]])[0])
     np.testing.assert_allclose(scores, expected[_positions(ids, found)], rtol=1e-4)
+
+
+def test_bm25_parameters_by_hand(tmp_path: Path) -> None:
+    """k1 and b apply at query time, on the stored counts, as BM25's formula says."""
+    # Lengths 3, 2, 4 -> N 3, avgdl 3. "lava": df 2, idf = ln(1 + (3 - 2 + 0.5) / (2 + 0.5)).
+    texts = ["volcano lava volcano", "lava flow", "bread dough oven yeast"]
+    index = build_lexical(texts, np.array([10, 20, 30]))
+    idf = math.log(1 + 1.5 / 2.5)
+
+    def by_hand(tf: int, dl: int, k1: float, b: float) -> float:
+        return idf * tf / (tf + k1 * (1 - b + b * dl / 3))
+
+    cases = [
+        (0.9, 0.4),  # the defaults
+        (1.2, 0.75),
+        (2.0, 1.0),  # full length normalisation
+        (1.2, 0.0),  # none: d10 and d20 tie, the id breaks it
+        (0.0, 0.4),  # k1 = 0: term presence only, idf per matching term
+    ]
+    for k1, b in cases:
+        args = {} if (k1, b) == (0.9, 0.4) else {"k1": k1, "b": b}
+        scores, found = search_lexical([index], "lava", 10, **args)  # type: ignore[arg-type]
+        got = dict(zip(found.tolist(), scores.tolist(), strict=True))
+        # d20 "lava flow" (tf 1, length 2) is shorter than average, d10 (tf 1, 3) average.
+        expected = {20: by_hand(1, 2, k1, b), 10: by_hand(1, 3, k1, b)}
+        assert got == pytest.approx(expected, rel=1e-6), (k1, b)
+        order = sorted(expected, key=lambda i: (-np.float32(expected[i]), i))
+        assert found.tolist() == order
+    # Worked for k1 1.2, b 0.75: d20 norm 1.2 * (0.25 + 0.75 * 2/3) = 0.9 -> idf / 1.9;
+    # the defaults: 0.9 * (0.6 + 0.4 * 2/3) = 0.78 -> idf / 1.78.
+    lucene = search_lexical([index], "lava", 1, k1=1.2, b=0.75)[0][0]
+    assert lucene == pytest.approx(0.470004 / 1.9, rel=1e-5)
+    assert search_lexical([index], "lava", 1)[0][0] == pytest.approx(0.470004 / 1.78, rel=1e-5)
+    # tf saturates with k1: "volcano" twice in d10 (length 3 = avgdl, so norm = k1).
+    idf_v = math.log(1 + 2.5 / 1.5)
+    for k1 in (0.9, 1.2, 0.0):
+        score = search_lexical([index], "volcano", 1, k1=k1, b=0.3)[0][0]
+        assert score == pytest.approx(idf_v * 2 / (2 + k1), rel=1e-6)
+    # Nothing on disk depends on k1/b: a saved and reloaded index scores the same.
+    index.save(tmp_path)
+    reloaded = load_lexical(tmp_path)
+    assert reloaded is not None
+    for k1, b in cases:
+        a = search_lexical([index], "lava volcano", 3, k1=k1, b=b)
+        c = search_lexical([reloaded], "lava volcano", 3, k1=k1, b=b)
+        np.testing.assert_array_equal(a[0], c[0])
+        np.testing.assert_array_equal(a[1], c[1])
 
 
 def test_save_and_load_round_trip(tmp_path: Path, corpus: tuple[list[str], np.ndarray]) -> None:

@@ -1,0 +1,130 @@
+"""Reranking speed: Quarry's cross-encoder path vs ``sentence_transformers.CrossEncoder``
+on the same model and the same pairs (TREC DL19 BM25 top-100), one run, side by side.
+
+Reports pairs/s over all 43 queries x 100 candidates (Quarry: one ``score`` call per query;
+CrossEncoder: ``predict`` at batch 32 and 128) and the latency of one query with 100
+candidates (p50/p99 over repeats). Speed does not depend on the head's weights, so the
+model is the bundled MiniLM-L6 with a fresh one-logit head, saved once as a Hugging Face
+sequence-classification directory that both sides load.
+
+    python bench/rerank_speed.py --backbone MODEL_DIR --candidates BM25_dl19.json --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import RESULTS, cuda_sync, write_result
+
+
+def _pct(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", required=True)
+    ap.add_argument("--candidates", type=Path, required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import torch
+    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from core.datasets import load_trec_candidates
+    from ranker.text import LoadOptions, load_reranker
+
+    cands = load_trec_candidates(args.candidates)
+    queries = [
+        (cands.queries[q], [h.content for h in hits]) for q, hits in cands.candidates.items()
+    ]
+    n_pairs = sum(len(d) for _, d in queries)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_pretrained(args.backbone, num_labels=1)
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(args.backbone).save_pretrained(tmp)
+        quarry = load_reranker(tmp, LoadOptions(device=args.device))
+        dtype = torch.float16 if args.device.startswith("cuda") else torch.float32
+        ce = CrossEncoder(
+            tmp, device=args.device, max_length=512, model_kwargs={"torch_dtype": dtype}
+        )
+
+        def quarry_all() -> None:
+            for q, docs in queries:
+                quarry.score(q, docs)
+
+        def ce_all(batch: int) -> None:
+            ce.predict([(q, d) for q, docs in queries for d in docs], batch_size=batch)
+
+        def timed(fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
+            fn()
+            cuda_sync()
+            out = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                cuda_sync()
+                out.append(time.perf_counter() - t0)
+            return out
+
+        rows: dict[str, dict[str, float]] = {}
+        reps = 3
+        t = statistics.median(timed(quarry_all, reps))
+        rows["quarry"] = {"pairs_per_s": n_pairs / t}
+        for batch in (32, 128):
+            t = statistics.median(timed(lambda b=batch: ce_all(b), reps))
+            rows[f"crossencoder_b{batch}"] = {"pairs_per_s": n_pairs / t}
+        q0, d0 = queries[0]
+        lat_q = timed(lambda: quarry.score(q0, d0[:100]), args.repeats)
+        lat_ce = timed(
+            lambda: ce.predict([(q0, d) for d in d0[:100]], batch_size=128), args.repeats
+        )
+        rows["quarry"].update(p50_ms=_pct(lat_q, 0.5) * 1000, p99_ms=_pct(lat_q, 0.99) * 1000)
+        rows["crossencoder_b128"].update(
+            p50_ms=_pct(lat_ce, 0.5) * 1000, p99_ms=_pct(lat_ce, 0.99) * 1000
+        )
+        # Agreement: both sides score the same model.
+        a = quarry.score(q0, d0[:100])
+        b = ce.predict([(q0, d) for d in d0[:100]], batch_size=128)
+        import numpy as np
+
+        corr = float(
+            np.corrcoef(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64))[0, 1]
+        )
+    for name, row in rows.items():
+        print(name, {k: round(v, 2) for k, v in row.items()}, flush=True)
+    suffix = "cuda" if args.device.startswith("cuda") else "cpu"
+    result = {
+        "what": "cross-encoder reranking, MiniLM-L6 + one-logit head, DL19 BM25 top-100 pairs",
+        "pairs": n_pairs,
+        "queries": len(queries),
+        "rows": {k: {m: round(v, 3) for m, v in r.items()} for k, r in rows.items()},
+        "ratio_pairs_per_s_vs_crossencoder_b128": round(
+            rows["quarry"]["pairs_per_s"] / rows["crossencoder_b128"]["pairs_per_s"], 2
+        ),
+        "score_correlation_quarry_vs_crossencoder": round(corr, 5),
+        "goals": {
+            "3x_crossencoder_b128": rows["quarry"]["pairs_per_s"]
+            >= 3 * rows["crossencoder_b128"]["pairs_per_s"],
+            "p50_under_10ms_for_100": rows["quarry"]["p50_ms"] <= 10.0,
+        },
+    }
+    path = write_result(f"rerank_speed_{suffix}", result, out=args.out_dir)
+    print(result)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
