@@ -110,3 +110,25 @@ class BrokerUnavailable(ServiceUnavailable):
     """The task broker could not take a job in time; the job is left for the reaper."""
 
     code = "broker_unavailable"
+
+
+class CTRModelNotFound(NotFound):
+    code = "ctr_model_not_found"
+
+
+class CTRModelNotReady(ServiceUnavailable):
+    """The name's first deployment is still encoding its users' histories."""
+
+    code = "ctr_model_not_ready"
+
+
+class CTRModelUnavailable(ServiceUnavailable):
+    """A deployed model cannot be loaded (its files are gone or changed)."""
+
+    code = "ctr_model_unavailable"
+
+
+class UnknownItems(InvalidRequest):
+    """Candidates the model's catalogue does not know (it cannot score them)."""
+
+    code = "unknown_items"

@@ -29,11 +29,13 @@ from sqlalchemy import select
 from core.db import session_scope
 from core.errors import (
     BrokerUnavailable,
+    CTRModelNotFound,
+    CTRModelNotReady,
+    CTRModelUnavailable,
     InvalidRequest,
-    NotFound,
     PayloadTooLarge,
     QuarryError,
-    ServiceUnavailable,
+    UnknownItems,
 )
 from core.models import CTRDeployment, DeploymentState, EventUser, Job, JobState
 from ranker.ctr import CTRServingModel, UserState
@@ -67,28 +69,6 @@ __all__ = [
 
 #: Loads a CTR model from its directory (``ranker.ctr.load_model`` unless a test says else).
 ModelLoader = Callable[[Path], CTRServingModel]
-
-
-class CTRModelNotFound(NotFound):
-    code = "ctr_model_not_found"
-
-
-class CTRModelNotReady(ServiceUnavailable):
-    """The name's first deployment is still encoding its users' histories."""
-
-    code = "ctr_model_not_ready"
-
-
-class CTRModelUnavailable(ServiceUnavailable):
-    """A deployed model cannot be loaded (its files are gone or changed)."""
-
-    code = "ctr_model_unavailable"
-
-
-class UnknownItems(InvalidRequest):
-    """Candidates the model's catalogue does not know (it cannot score them)."""
-
-    code = "unknown_items"
 
 
 @dataclass(frozen=True)
