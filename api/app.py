@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from api.docs import install_docs
@@ -58,6 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         housekeeper = None
         try:
             _check_auth(c)
+            c.serving.observe(metrics)
+            # Blocking routes wait on the model queues: enough threads to keep them full.
+            anyio.to_thread.current_default_thread_limiter().total_tokens = settings.serving.threads
             if settings.embedder.preload:
                 c.embedders.get(settings.embedder.default_model)
             if settings.rerank.preload:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,11 +48,20 @@ def _validation_details(exc: RequestValidationError) -> dict[str, Any]:
     return {"errors": errors}
 
 
+def _headers(exc: QuarryError) -> dict[str, str] | None:
+    """``WWW-Authenticate`` on 401; ``Retry-After`` (whole seconds) on a 503 that says when."""
+    if exc.status == 401:
+        return {"WWW-Authenticate": "Bearer"}
+    retry = exc.details.get("retry_after_s")
+    if exc.status == 503 and isinstance(retry, int | float):
+        return {"Retry-After": str(max(1, math.ceil(retry)))}
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QuarryError)
     async def _quarry(_: Request, exc: QuarryError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+        return error_response(exc.status, exc.code, exc.message, exc.details, _headers(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

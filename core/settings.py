@@ -122,6 +122,35 @@ class JobSettings(BaseModel):
     cleanup_interval_s: float = Field(60.0, gt=0)
 
 
+class ServingSettings(BaseModel):
+    """Online request batching and backpressure (``QUARRY_SERVING__*``).
+
+    Every online model call (query embedding in search, ``/v1/embed``, ``/v1/embeddings``,
+    ``/v1/rerank``) goes through one queue per model: concurrent requests are merged into
+    batches, and a full queue answers 503 with ``Retry-After`` at once. Costs are estimated
+    tokens (characters / 4 + 2 per text, at most the model's sequence length).
+    """
+
+    batching: bool = True
+    # A batch closes when it holds this many estimated tokens or requests ...
+    batch_tokens: int = Field(16_384, ge=64)
+    max_batch_requests: int = Field(256, ge=1)
+    # ... or when its oldest request has waited this long while the model was busy (an idle
+    # model takes a request at once).
+    max_wait_ms: float = Field(5.0, ge=0)
+    # Bounded queue: more requests or estimated tokens than this waiting -> 503 overloaded.
+    max_queue_requests: int = Field(1024, ge=1)
+    max_queue_tokens: int = Field(262_144, ge=64)
+    # A request not answered within this many seconds fails with 503 deadline_exceeded; a
+    # model with waiting work and no completed batch for this long makes /readyz fail.
+    timeout_s: float = Field(10.0, gt=0)
+    retry_after_s: int = Field(1, ge=1)
+    # Worker threads per model: two let one batch be prepared while the other runs.
+    workers: int = Field(2, ge=1, le=8)
+    # Threads for the blocking routes (search, rerank, ingest); they wait on the queues.
+    threads: int = Field(128, ge=1)
+
+
 AuthMode = Literal["auto", "on", "off"]
 
 
@@ -167,6 +196,7 @@ class Settings(BaseSettings):
     index: IndexSettings = Field(default_factory=IndexSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from service.dispatch import Dispatcher
     from service.keys import KeyStore
     from service.search import Searcher
+    from service.serving import Serving
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,13 @@ class Container:
         return RerankerPool.from_settings(self.settings)
 
     @cached_property
+    def serving(self) -> Serving:
+        """The online model queues (request batching and backpressure)."""
+        from service.serving import Serving
+
+        return Serving(self.settings.serving, self.embedders, self.rerankers)
+
+    @cached_property
     def ctr(self) -> CTRRuntime:
         """CTR serving: the behaviour-state store (Redis, or in-process when embedded) and
         the loaded models."""
@@ -120,7 +128,7 @@ class Container:
     def searcher(self) -> Searcher:
         from service.search import Searcher
 
-        return Searcher(self.sessions, self.embedders, self.segments)
+        return Searcher(self.sessions, self.serving, self.segments)
 
     @property
     def segments_root(self) -> Path:
@@ -144,6 +152,8 @@ class Container:
             self.dispatcher.close()
         if "ctr" in self.__dict__:
             self.ctr.close()
+        if "serving" in self.__dict__:
+            self.serving.close()
         if "engine" in self.__dict__:
             self.engine.dispose()
 

@@ -10,12 +10,13 @@ import numpy as np
 
 from core.errors import Forbidden
 from core.settings import Settings
-from embedder.base import EmbedKind
+from embedder.base import EmbedKind, check_kind
+from service.serving import EmbedRequest
 
 if TYPE_CHECKING:
     from service.container import Container
 
-__all__ = ["EmbedKind", "Embedded", "check_model_allowed", "embed"]
+__all__ = ["EmbedKind", "Embedded", "aembed", "check_model_allowed", "embed"]
 
 
 def check_model_allowed(settings: Settings, name: str) -> None:
@@ -45,6 +46,15 @@ class Embedded:
     tokens: int
 
 
+def _request(
+    c: Container, texts: Sequence[str], model: str | None, kind: EmbedKind, normalize: bool
+) -> tuple[str, EmbedRequest]:
+    name = model or c.settings.embedder.default_model
+    check_model_allowed(c.settings, name)
+    check_kind(kind)
+    return name, EmbedRequest(tuple(texts), kind=kind, normalize=normalize)
+
+
 def embed(
     c: Container,
     texts: Sequence[str],
@@ -54,9 +64,21 @@ def embed(
     normalize: bool = True,
 ) -> Embedded:
     """Embed ``texts`` with ``model`` (default: the configured one), checked against the
-    allow-list."""
-    name = model or c.settings.embedder.default_model
-    check_model_allowed(c.settings, name)
-    embedder = c.embedders.get(name)
-    vectors = embedder.embed(list(texts), kind=kind, normalize=normalize)
-    return Embedded(name, vectors, sum(embedder.count_tokens(list(texts))))
+    allow-list, through the model's request queue (blocking: call from a thread)."""
+    name, request = _request(c, texts, model, kind, normalize)
+    out = c.serving.embed(name, request)
+    return Embedded(name, out.vectors, out.tokens)
+
+
+async def aembed(
+    c: Container,
+    texts: Sequence[str],
+    *,
+    model: str | None = None,
+    kind: EmbedKind = "document",
+    normalize: bool = True,
+) -> Embedded:
+    """:func:`embed` for the event loop: waits on the queue without blocking it."""
+    name, request = _request(c, texts, model, kind, normalize)
+    out = await c.serving.aembed(name, request)
+    return Embedded(name, out.vectors, out.tokens)

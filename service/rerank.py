@@ -189,7 +189,7 @@ def rerank(
 
     t0 = time.perf_counter()
     reranker = c.rerankers.get(name)
-    raw = reranker.score(query, texts)
+    raw = c.serving.rerank(name, query, texts)
     try:
         scores = np.asarray(raw, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:

@@ -23,7 +23,6 @@ from core.collections import get_collection
 from core.db import session_scope
 from core.documents import documents_by_ids, filtered_ids
 from core.errors import InvalidRequest, SegmentCorrupt
-from embedder import EmbedderPool
 from indexer.cache import SegmentCache
 from indexer.fusion import rrf
 from indexer.lexical import search_lexical
@@ -31,6 +30,7 @@ from indexer.manifest import active_segments, tombstone_ids
 from indexer.search import search_segments
 from service.rerank import check_query, resolve_reranker
 from service.rerank import rerank as rerank_texts
+from service.serving import EmbedRequest, Serving
 
 if TYPE_CHECKING:
     from service.container import Container
@@ -79,10 +79,10 @@ class Searcher:
     """Answers ``POST /v1/search`` and ``quarry search`` through the same code path."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], embedders: EmbedderPool, cache: SegmentCache
+        self, sessions: sessionmaker[Session], serving: Serving, cache: SegmentCache
     ) -> None:
         self._sessions = sessions
-        self._embedders = embedders
+        self._serving = serving
         self._cache = cache
 
     def search(
@@ -137,7 +137,8 @@ class Searcher:
         lexical: list[tuple[int, float]] = []
         if mode in ("dense", "hybrid"):
             t = time.perf_counter()
-            qvec = self._embedders.get(model).embed([query], kind="query", normalize=False)
+            request = EmbedRequest((query,), kind="query", normalize=False, count=False)
+            qvec = self._serving.embed(model, request).vectors
             timings["embed_ms"] = _ms(t)
             t = time.perf_counter()
             scores, ids = search_segments(

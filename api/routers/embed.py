@@ -16,13 +16,12 @@ from api.schemas import (
     OpenAIEmbeddingsResponse,
 )
 from core.errors import InvalidRequest, PayloadTooLarge
-from service.embed import EmbedKind
-from service.embed import embed as embed_texts
+from service.embed import EmbedKind, aembed
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 
 
-def _embed(
+async def _embed(
     c: ContainerDep,
     state: StateDep,
     texts: list[str],
@@ -40,15 +39,20 @@ def _embed(
             raise InvalidRequest(f"Input {i} is empty")
         if len(text) > limits.max_text_chars:
             raise InvalidRequest(f"Input {i} exceeds {limits.max_text_chars} characters")
-    out = embed_texts(c, texts, model=model, kind=kind, normalize=normalize)
+    out = await aembed(c, texts, model=model, kind=kind, normalize=normalize)
     state.metrics.embedded_texts.labels(out.model).inc(len(texts))
     return out.model, out.vectors, out.tokens
 
 
 @router.post("/embed", dependencies=[ReadScope])
-def embed(body: EmbedRequest, c: ContainerDep, state: StateDep) -> EmbedResponse:
-    """Embed texts as queries or documents."""
-    name, vectors, tokens = _embed(c, state, body.inputs, body.model, body.kind, body.normalize)
+async def embed(body: EmbedRequest, c: ContainerDep, state: StateDep) -> EmbedResponse:
+    """Embed texts as queries or documents.
+
+    Concurrent requests to one model are batched together; a full queue answers 503
+    ``overloaded`` with ``Retry-After``."""
+    name, vectors, tokens = await _embed(
+        c, state, body.inputs, body.model, body.kind, body.normalize
+    )
     return EmbedResponse(
         model=name,
         dim=int(vectors.shape[1]),
@@ -58,7 +62,7 @@ def embed(body: EmbedRequest, c: ContainerDep, state: StateDep) -> EmbedResponse
 
 
 @router.post("/embeddings", dependencies=[ReadScope])
-def openai_embeddings(
+async def openai_embeddings(
     body: OpenAIEmbeddingsRequest, c: ContainerDep, state: StateDep
 ) -> OpenAIEmbeddingsResponse:
     """OpenAI-compatible embeddings (works with the official ``openai`` client)."""
@@ -71,7 +75,7 @@ def openai_embeddings(
         raise InvalidRequest(
             "`input` must be a string or a list of strings; token ids are not supported"
         )
-    name, vectors, tokens = _embed(c, state, texts, body.model, "document", True)
+    name, vectors, tokens = await _embed(c, state, texts, body.model, "document", True)
     if body.dimensions is not None and body.dimensions != vectors.shape[1]:
         raise InvalidRequest(
             f"Model {name!r} produces {vectors.shape[1]}-dim vectors; `dimensions` "

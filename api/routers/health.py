@@ -64,8 +64,17 @@ def _readiness(c: ContainerDep, authorization: str | None = None) -> JSONRespons
     loaded = c.embedders.loaded()
     checks["models"] = loaded
     checks["degraded"] = _degraded(c, authorization)
+    queues = {name: h.status for name, h in c.serving.health().items()}
+    if queues:
+        checks["queues"] = queues
     model_ok = not settings.embedder.preload or bool(loaded)
-    ok = checks["database"] == "ok" and checks["broker"] in ("ok", "inline") and model_ok
+    queues_ok = all(status == "ok" for status in queues.values())
+    ok = (
+        checks["database"] == "ok"
+        and checks["broker"] in ("ok", "inline")
+        and model_ok
+        and queues_ok
+    )
     return JSONResponse(
         {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
     )

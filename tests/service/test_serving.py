@@ -1,0 +1,91 @@
+"""Online model queues over the real MiniLM: batched embeddings equal unbatched ones."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from core.errors import InvalidRequest
+from core.settings import ServingSettings
+from service.serving import EmbedRequest, Serving, embed_merged, embed_now, estimate_tokens
+
+TEXTS = [
+    "what is the boundary layer in supersonic flow",
+    "heat transfer",
+    "an experimental study of the effect of wing sweep on the pressure distribution near the tip",
+    "x",
+    "buckling of thin cylindrical shells under axial compression and internal pressure",
+]
+
+
+class Pool:
+    """The slice of EmbedderPool that Serving uses, over one loaded model."""
+
+    def __init__(self, model: object) -> None:
+        self.model = model
+        self.gets = 0
+
+    def get(self, name: str) -> object:
+        self.gets += 1
+        if name != "all-MiniLM-L6-v2":
+            raise InvalidRequest(f"unknown model {name}")
+        return self.model
+
+
+def test_merged_requests_equal_each_request_alone(minilm) -> None:
+    requests = [
+        EmbedRequest(tuple(TEXTS[:2]), kind="query", normalize=True),
+        EmbedRequest(tuple(TEXTS[2:]), kind="document", normalize=False),
+        EmbedRequest((TEXTS[3],), kind="query", normalize=False, count=False),
+    ]
+    merged = embed_merged(minilm, requests)
+    for request, got in zip(requests, merged, strict=True):
+        alone = embed_now(minilm, request)
+        assert got.vectors.shape == alone.vectors.shape
+        np.testing.assert_allclose(got.vectors, alone.vectors, atol=2e-5)
+        assert got.tokens == alone.tokens
+    assert merged[2].tokens == 0
+    assert merged[0].tokens == sum(minilm.count_tokens(TEXTS[:2]))
+    assert np.allclose(np.linalg.norm(merged[0].vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_concurrent_callers_get_their_own_embeddings(minilm) -> None:
+    serving = Serving(ServingSettings(max_wait_ms=20), Pool(minilm), None)  # type: ignore[arg-type]
+    expected = minilm.embed(TEXTS, kind="query")
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            jobs = [(i % len(TEXTS)) for i in range(80)]
+            got = list(
+                pool.map(
+                    lambda i: serving.embed(
+                        "all-MiniLM-L6-v2", EmbedRequest((TEXTS[i],), kind="query")
+                    ),
+                    jobs,
+                )
+            )
+        for i, out in zip(jobs, got, strict=True):
+            np.testing.assert_allclose(out.vectors[0], expected[i], atol=2e-5)
+        assert all(h.ok for h in serving.health().values())
+    finally:
+        serving.close()
+
+
+def test_unbatched_mode_calls_the_model_directly(minilm) -> None:
+    serving = Serving(ServingSettings(batching=False), Pool(minilm), None)  # type: ignore[arg-type]
+    out = serving.embed("all-MiniLM-L6-v2", EmbedRequest(("heat transfer",)))
+    np.testing.assert_allclose(out.vectors, minilm.embed(["heat transfer"]), atol=1e-6)
+    assert serving.health() == {}
+
+
+def test_an_unknown_model_fails_before_any_queue_exists(minilm) -> None:
+    serving = Serving(ServingSettings(), Pool(minilm), None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest):
+        serving.embed("nope", EmbedRequest(("a",)))
+    assert serving.health() == {}
+
+
+def test_token_estimate_is_capped_per_text() -> None:
+    assert estimate_tokens(["abcd" * 10, "x"], 512) == 12 + 2
+    assert estimate_tokens(["a" * 100_000], 256) == 256
