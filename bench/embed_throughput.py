@@ -37,6 +37,19 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--min-fill", type=float, default=None, help="default: the embedder's")
     ap.add_argument("--st-batch-sizes", type=int, nargs="+", default=[32, 128])
+    ap.add_argument(
+        "--extra-batch-tokens",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time Quarry at these token budgets (rows quarry_bt<N>)",
+    )
+    ap.add_argument(
+        "--no-pipeline-row",
+        action="store_true",
+        help="also time Quarry with the bulk pipeline off (row quarry_nopipe; CUDA only)",
+    )
+    ap.add_argument("--out-dir", type=Path, default=None, help="default bench/results")
     ap.add_argument("--name", help="result file name (default embed_throughput_<device>)")
     ap.add_argument("--note", help="free text recorded with the result (e.g. where it ran)")
     args = ap.parse_args()
@@ -68,6 +81,27 @@ def main() -> None:
         )
 
     methods: dict[str, Callable[[list[str]], np.ndarray]] = {"quarry": quarry.embed}
+    for budget in args.extra_batch_tokens:
+        other = SentenceTransformerEmbedder(
+            path,
+            name=args.model,
+            device=device,
+            batch_tokens=budget,
+            max_batch_size=max(args.max_batch_size, budget // 32),
+            min_fill=args.min_fill,
+        )
+        methods[f"quarry_bt{budget}"] = other.embed
+    if args.no_pipeline_row:
+        plain_path = SentenceTransformerEmbedder(
+            path,
+            name=args.model,
+            device=device,
+            batch_tokens=args.batch_tokens,
+            max_batch_size=args.max_batch_size,
+            min_fill=args.min_fill,
+            pipeline=False,
+        )
+        methods["quarry_nopipe"] = plain_path.embed
     methods.update({f"st_encode_bs{bs}": st_encode(bs) for bs in args.st_batch_sizes})
 
     # Warm-up: thread pools and allocator; on CUDA a full pass, so every batch shape has met
@@ -99,12 +133,26 @@ def main() -> None:
         for name, r in results.items()
         if name != "quarry"
     }
-    ref = next(name for name in outputs if name != "quarry")
+    ref = next(name for name in outputs if name.startswith("st_"))
     min_cos = float((outputs["quarry"] * outputs[ref]).sum(axis=1).min())
 
+    # Compute per token of the matrix products (2 FLOP per weight of the transformer
+    # layers; attention scores add a little on top), for the share of the chip it reaches.
+    layer_weights = sum(
+        p.numel() for n, p in quarry.model.named_parameters() if "embeddings" not in n
+    )
+    flop_per_token = 2 * layer_weights
+    extra: dict[str, Any] = {"flop_per_token": flop_per_token}
+    if device.startswith("cuda"):
+        # The H200's dense bf16/fp16 tensor-core peak (989 TFLOP/s spec; ~790 measured here).
+        peak = 989e12
+        extra["fraction_of_peak_fp16"] = {
+            name: round(r["tokens_per_s"] * flop_per_token / peak, 4) for name, r in results.items()
+        }
     out = write_result(
         args.name or f"embed_throughput_{device.split(':')[0]}",
         {
+            **extra,
             "note": args.note,
             "device": device,
             "model": args.model,
@@ -122,6 +170,7 @@ def main() -> None:
             "quarry_speedup_vs": speedup,
             "min_cosine_quarry_vs_st": round(min_cos, 6),
         },
+        **({"out": args.out_dir} if args.out_dir else {}),
     )
 
     print(f"{len(texts)} docs, {n_tokens} tokens, {device}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +53,7 @@ class SentenceTransformerEmbedder:
         min_fill: float | None = None,
         query_prefix: str | None = None,
         document_prefix: str | None = None,
+        pipeline: bool | None = None,
     ) -> None:
         if batch_tokens < 1 or max_batch_size < 1:
             raise ValueError("batch_tokens and max_batch_size must be >= 1")
@@ -108,6 +110,10 @@ class SentenceTransformerEmbedder:
         # Rust tokenizers raise "Already borrowed" when used from two threads at once.
         self._tokenize_lock = threading.Lock()
         self._forward_lock = threading.Lock()
+        # The bulk path (see embed): on by default on CUDA, for calls of many texts.
+        self.pipeline = self.device.startswith("cuda") if pipeline is None else pipeline
+        self.pipeline_min = 256
+        self.pipeline_chunk = 2048
         logger.info(
             "loaded %s: dim %d, max_seq_length %d, device %s, dtype %s",
             self.name,
@@ -151,48 +157,113 @@ class SentenceTransformerEmbedder:
         normalize: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Embed ``texts`` into a float32 ``(len(texts), dim)`` array, rows in input order."""
+        """Embed ``texts`` into a float32 ``(len(texts), dim)`` array, rows in input order.
+
+        On CUDA, calls of more than :attr:`pipeline_min` texts take the bulk path
+        (:meth:`_embed_pipelined`): the next chunk is tokenised on a helper thread while the
+        GPU works, inputs go through pinned memory without blocking, and the results stay on
+        the device until one copy at the end, so the GPU never waits on the host between
+        batches.
+        """
         check_texts(texts)
         check_kind(kind)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
         if len(texts) == 0:
-            return out
+            return np.empty((0, self.dim), dtype=np.float32)
         prefix = self._prefixes[kind]
-        encoded = self._tokenize([prefix + t for t in texts] if prefix else texts)
-        lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(texts))
-        offsets = np.concatenate(([0], np.cumsum(lengths)))
-        flat = {
-            key: np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
-            for key, rows in encoded.items()
-        }
-        for idx in plan_batches(
-            lengths,
-            batch_tokens=self.batch_tokens,
-            max_batch_size=self.max_batch_size,
-            min_fill=self.min_fill,
-        ):
+        prefixed = [prefix + t for t in texts] if prefix else list(texts)
+        if self.pipeline and len(prefixed) > self.pipeline_min:
+            return self._embed_pipelined(prefixed, normalize, progress)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        flat, offsets, lengths = self._flatten(self._tokenize(prefixed))
+        for idx in self._plan(lengths):
             features = self._pad(flat, offsets[idx], lengths[idx])
             with self._forward_lock, torch.inference_mode():
-                emb = self._model.forward(features)["sentence_embedding"].float()
-                if normalize:
-                    emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
+                emb = self._forward(features, normalize)
                 out[idx] = emb.cpu().numpy()
             if progress is not None:
                 progress(len(idx))
         return out
 
+    def _embed_pipelined(
+        self, texts: list[str], normalize: bool, progress: Callable[[int], None] | None
+    ) -> np.ndarray:
+        """The bulk path: tokenising chunk k+1 overlaps the forward passes of chunk k."""
+        n = len(texts)
+        step = self.pipeline_chunk
+        chunks = [(start, texts[start : start + step]) for start in range(0, n, step)]
+        pinned = self.device.startswith("cuda")
+        with torch.inference_mode():
+            result = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
+        with ThreadPoolExecutor(1, thread_name_prefix="tokenize") as pool:
+            pending = pool.submit(self._flatten_tokens, chunks[0][1])
+            for k, (start, _) in enumerate(chunks):
+                flat, offsets, lengths = pending.result()
+                if k + 1 < len(chunks):
+                    pending = pool.submit(self._flatten_tokens, chunks[k + 1][1])
+                for idx in self._plan(lengths):
+                    features = self._pad(flat, offsets[idx], lengths[idx], pinned=pinned)
+                    rows = torch.from_numpy(idx + start).to(self.device, non_blocking=True)
+                    with self._forward_lock, torch.inference_mode():
+                        result.index_copy_(0, rows, self._forward(features, normalize))
+                    if progress is not None:
+                        progress(len(idx))
+        return result.cpu().numpy()
+
+    def _forward(self, features: dict[str, torch.Tensor], normalize: bool) -> torch.Tensor:
+        emb = self._model.forward(features)["sentence_embedding"].float()
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
+        return emb
+
+    def _plan(self, lengths: np.ndarray) -> list[np.ndarray]:
+        return plan_batches(
+            lengths,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            min_fill=self.min_fill,
+        )
+
+    def _flatten_tokens(
+        self, texts: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        return self._flatten(self._tokenize(texts))
+
+    @staticmethod
+    def _flatten(
+        encoded: dict[str, list[list[int]]],
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """``(flat ids per input key, row offsets, row lengths)`` of tokenised rows."""
+        ids = encoded["input_ids"]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        offsets = np.concatenate(([0], np.cumsum(lengths)))
+        flat = {
+            key: np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(offsets[-1]))
+            for key, rows in encoded.items()
+        }
+        return flat, offsets, lengths
+
     def _pad(
-        self, flat: dict[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray
+        self,
+        flat: dict[str, np.ndarray],
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        *,
+        pinned: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Padded model inputs for the rows ``flat[key][starts[i] : starts[i] + lengths[i]]``."""
-        features: dict[str, torch.Tensor] = {}
+        """Padded model inputs for the rows ``flat[key][starts[i] : starts[i] + lengths[i]]``;
+        ``pinned`` copies them to the GPU through page-locked memory without waiting."""
+        arrays: dict[str, np.ndarray] = {}
         side: Literal["left", "right"] = "left" if self._left_pad else "right"
         mask = None
         for key, values in flat.items():
-            padded, mask = pad_rows(
+            arrays[key], mask = pad_rows(
                 values, starts, lengths, pad_id=self._pad_values.get(key, 0), side=side
             )
-            features[key] = torch.from_numpy(padded).to(self.device)
         assert mask is not None
-        features["attention_mask"] = torch.from_numpy(mask.astype(np.int64)).to(self.device)
-        return features
+        arrays["attention_mask"] = mask.astype(np.int64)
+        if not pinned:
+            return {k: torch.from_numpy(v).to(self.device) for k, v in arrays.items()}
+        return {
+            k: torch.from_numpy(v).pin_memory().to(self.device, non_blocking=True)
+            for k, v in arrays.items()
+        }

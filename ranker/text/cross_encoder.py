@@ -34,6 +34,58 @@ class _Pairs:
     lengths: np.ndarray
 
 
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where a tokenizer puts its special tokens around a pair: ``head A mid B tail``, with
+    the segment id of each part (BERT: ``[CLS] A [SEP] | B [SEP]``, types 0 and 1; RoBERTa:
+    ``<s> A </s></s> B </s>``). Learnt once from the tokenizer itself, so a query can be
+    tokenised once for all of its documents."""
+
+    head: tuple[int, ...]
+    mid: tuple[int, ...]
+    tail: tuple[int, ...]
+    #: Segment id of ``head A mid`` and of ``B tail``; None when the model takes none.
+    types: tuple[int, int] | None
+
+    @property
+    def specials(self) -> int:
+        return len(self.head) + len(self.mid) + len(self.tail)
+
+    @classmethod
+    def learn(cls, tokenizer: Any) -> PairTemplate | None:
+        """The template, or None when the tokenizer's pair layout is not of this form."""
+        a = tokenizer("a", add_special_tokens=False)["input_ids"]
+        b = tokenizer("b", add_special_tokens=False)["input_ids"]
+        pair = tokenizer("a", "b")
+        ids = list(pair["input_ids"])
+        if len(a) != 1 or len(b) != 1 or ids.count(a[0]) != 1 or ids.count(b[0]) != 1:
+            return None
+        i, j = ids.index(a[0]), ids.index(b[0])
+        if not i < j:
+            return None
+        raw_types = pair.get("token_type_ids")
+        types = None
+        if raw_types is not None:
+            first, second = set(raw_types[:j]), set(raw_types[j:])
+            if len(first) != 1 or len(second) != 1:
+                return None
+            types = (first.pop(), second.pop())
+        return cls(tuple(ids[:i]), tuple(ids[i + 1 : j]), tuple(ids[j + 1 :]), types)
+
+
+def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
+    """Lengths after Hugging Face's ``longest_first`` truncation of a pair to ``budget``
+    tokens: the shorter sequence keeps at most half of the budget (the first on a tie), the
+    longer one the rest."""
+    if n1 + n2 <= budget:
+        return n1, n2
+    if n1 > n2:
+        kept = min(n2, budget // 2)
+        return budget - kept, kept
+    kept = min(n1, budget // 2)
+    return kept, budget - kept
+
+
 def _is_sequence_classifier(resolved: ResolvedBackbone) -> bool:
     config = resolved.directory / "config.json"
     try:
@@ -59,6 +111,7 @@ class CrossEncoderModel(PairRerankModel):
             )
         limit = getattr(model.config, "max_position_embeddings", None) or options.max_length
         self.max_length = min(options.max_length, int(limit))
+        self.template = PairTemplate.learn(tokenizer)
 
     @classmethod
     def build(
@@ -78,12 +131,48 @@ class CrossEncoderModel(PairRerankModel):
         return self.model
 
     def encode_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> _Pairs:
+        """Token rows of the pairs, as the tokenizer's own pair encoding with
+        ``truncation=True`` would give them; each distinct query is tokenised once."""
+        t = self.template
+        if t is None:  # an unusual pair layout: let the tokenizer build every pair
+            with self.tokenizing() as tok:
+                enc = tok(
+                    list(queries), list(documents), truncation=True, max_length=self.max_length
+                )
+            ids = enc["input_ids"]
+            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+            return _Pairs(ids, enc.get("token_type_ids"), lengths)
+        distinct = list(dict.fromkeys(queries))
         with self.tokenizing() as tok:
-            enc = tok(list(queries), list(documents), truncation=True, max_length=self.max_length)
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        return _Pairs(ids, types, lengths)
+            q_ids = dict(
+                zip(distinct, tok(distinct, add_special_tokens=False)["input_ids"], strict=True)
+            )
+            cut = {"add_special_tokens": False, "truncation": True, "max_length": self.max_length}
+            d_ids = tok(list(documents), **cut)["input_ids"]
+            # A document cut at max_length keeps the truncation result unchanged unless the
+            # query is longer still: then the documents' full lengths decide.
+            full = [
+                i
+                for i, (q, d) in enumerate(zip(queries, d_ids, strict=True))
+                if len(d) == self.max_length and len(q_ids[q]) >= self.max_length
+            ]
+            if full:
+                whole = tok([documents[i] for i in full], add_special_tokens=False)["input_ids"]
+                for i, ids in zip(full, whole, strict=True):
+                    d_ids[i] = ids
+        budget = self.max_length - t.specials
+        rows: list[list[int]] = []
+        types: list[list[int]] | None = [] if t.types is not None else None
+        for q, d in zip(queries, d_ids, strict=True):
+            qi = q_ids[q]
+            nq, nd = longest_first(len(qi), len(d), budget)
+            first = [*t.head, *qi[:nq], *t.mid]
+            rows.append([*first, *d[:nd], *t.tail])
+            if types is not None and t.types is not None:
+                a, b = t.types
+                types.append([a] * len(first) + [b] * (nd + len(t.tail)))
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        return _Pairs(rows, types, lengths)
 
     def pair_scores(self, pairs: Any, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         device = self.device

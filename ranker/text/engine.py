@@ -69,7 +69,11 @@ class ModelReranker:
         if not documents:
             return out
         prepared = self.model.prepare(query, list(documents))
+        # Scores stay on the device until one copy at the end: no sync between batches.
+        parts: list[tuple[np.ndarray, torch.Tensor]] = []
         with torch.inference_mode():
             for rows in self.plan(prepared.lengths):
-                out[rows] = self.model.score_prepared(prepared, rows).float().cpu().numpy()
+                parts.append((rows, self.model.score_prepared(prepared, rows).float()))
+            scores = torch.cat([s for _, s in parts]).cpu().numpy()
+        out[np.concatenate([rows for rows, _ in parts])] = scores
         return out

@@ -153,3 +153,27 @@ def test_pool_shares_one_model_across_aliases() -> None:
     pool = EmbedderPool("cpu")
     assert pool.get("minilm") is pool.get("sentence-transformers/all-MiniLM-L6-v2")
     assert pool.loaded() == ["all-MiniLM-L6-v2"]
+
+
+def test_the_bulk_path_gives_the_same_rows_in_order(tiny_batches: Embedder) -> None:
+    """The pipelined path (on by default on CUDA) tokenises chunks on a helper thread and
+    keeps results on the device; run here on the CPU with tiny chunks it must equal the plain
+    path, for both kinds and with progress reported for every text."""
+    from embedder import SentenceTransformerEmbedder
+
+    assert isinstance(tiny_batches, SentenceTransformerEmbedder)
+    texts = [f"text number {i} " + "word " * (i % 37) for i in range(50)]
+    plain = tiny_batches.embed(texts, kind="query")
+    seen: list[int] = []
+    tiny_batches.pipeline, tiny_batches.pipeline_min, tiny_batches.pipeline_chunk = True, 0, 7
+    try:
+        bulk = tiny_batches.embed(texts, kind="query", progress=seen.append)
+        raw = tiny_batches.embed(texts, kind="document", normalize=False)
+    finally:
+        tiny_batches.pipeline, tiny_batches.pipeline_min = False, 256
+        tiny_batches.pipeline_chunk = 2048
+    np.testing.assert_allclose(bulk, plain, atol=1e-5)
+    assert sum(seen) == len(texts)
+    np.testing.assert_allclose(
+        raw, tiny_batches.embed(texts, kind="document", normalize=False), atol=1e-5
+    )

@@ -149,6 +149,25 @@ def test_cross_encoder_truncates_pairs_to_max_length(tiny_bert: Path) -> None:
 # --- late interaction ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("max_length", [8, 16, 64])
+def test_cross_encoder_pairs_equal_the_tokenizers_own_pair_encoding(
+    tiny_bert: Path, max_length: int
+) -> None:
+    """Queries are tokenised once per call; the rows must be exactly what the tokenizer's pair
+    encoding with longest-first truncation gives, long queries included."""
+    model = build("cross-encoder", {"max_length": max_length}, tiny_bert, tiny_bert)
+    assert model.template is not None
+    long_query = " ".join(DOCS)
+    longer = long_query + " " + long_query
+    queries = [QUERY] * 3 + [long_query] * 2 + ["x", longer, long_query]
+    docs = [*DOCS[:3], DOCS[0], "short", long_query, long_query, longer]
+    pairs = model.encode_pairs(queries, docs)
+    ref = model.tokenizer(queries, docs, truncation=True, max_length=model.max_length)
+    assert pairs.input_ids == ref["input_ids"]
+    assert pairs.token_type_ids == ref["token_type_ids"]
+    assert pairs.lengths.tolist() == [len(r) for r in ref["input_ids"]]
+
+
 def test_late_interaction_tokens_markers_and_stored_vectors(tiny_bert: Path) -> None:
     model = build("late-interaction", {"dim": 16, "query_length": 12}, tiny_bert, tiny_bert)
     tok = model.tokenizer
