@@ -9,6 +9,12 @@ Every model has two paths that compute the same function:
   (logits of candidate items for that one user). ``score_state`` on the state of a history
   equals ``forward`` on that history (tests hold them to 1e-5).
 
+``score_state`` reads only the state arrays named by ``score_keys``. Where ``cuda_graphs`` is
+true it has no host synchronisation and no data-dependent shapes, so the serving runtime may
+capture it as a CUDA graph over inputs padded to fixed sizes (:mod:`ranker.ctr.graphs`):
+candidate rows padded with ``-1``, and a growing state (DARE/TWIN) padded with rows that the
+boolean ``state[VALID]`` marks as no behaviour.
+
 Sources (see docs/methods.md, "CTR models"):
 
 - DIN — "Deep Interest Network for Click-Through Rate Prediction" (Zhou et al., KDD 2018).
@@ -38,12 +44,23 @@ State = dict[str, torch.Tensor]
 #: Floats one chunk of DIN's serving-time attention may hold (64 Mi floats = 256 MiB).
 DIN_CHUNK_FLOATS = 1 << 26
 
+#: Catalogue rows SDIM hashes at once when it builds its table of item codes.
+HASH_CHUNK_ROWS = 1 << 16
+
+#: The key of a padded growing state's ``(L,)`` boolean mask: true on real behaviours.
+VALID = "valid"
+
 
 class CTRModule(nn.Module):
     """What every CTR model shares: the item -> category lookup, the item + category
     embedding, the prediction head, and the training/serving entry points."""
 
     item_category: torch.Tensor
+
+    #: The state arrays ``score_state`` reads (empty: all of them).
+    score_keys: tuple[str, ...] = ()
+    #: ``score_state`` may be captured as a CUDA graph over padded inputs (module docstring).
+    cuda_graphs: bool = False
 
     def __init__(self, config: CTRConfig, item_categories: np.ndarray | None) -> None:
         super().__init__()
@@ -76,6 +93,9 @@ class CTRModule(nn.Module):
     def score_state(self, state: State, items: torch.Tensor) -> torch.Tensor:
         """Logits ``(C,)`` of candidate ``items`` ``(C,)`` for the user whose state it is."""
         return self.head(self.embed(items), self.state_interest(state, items))
+
+    def prepare_serving(self) -> None:
+        """Build what the serving path precomputes (SDIM: its table of item codes)."""
 
     def interest(
         self, items: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
@@ -121,6 +141,9 @@ class DIN(RecentBehaviours):
     same model over the last 50 behaviours.
     """
 
+    # No CUDA graphs: DIN is the full-attention baseline, its cost is the attention itself.
+    score_keys = ("embeddings",)
+
     def __init__(self, config: CTRConfig, item_categories: np.ndarray | None) -> None:
         super().__init__(config, item_categories)
         self.attention = DINAttention(
@@ -154,16 +177,26 @@ class SDIM(CTRModule):
     State (BSE): per (hash function, code) the sum of the behaviour embeddings hashed there
     and their count, so scoring hashes the candidates and gathers: its cost does not depend
     on the history's length. The state sums every behaviour it is given (``max_history``
-    only bounds training batches).
+    only bounds training batches). Serving hashes an item by looking its codes up in a table
+    of every catalogue item's (:meth:`item_codes`).
     """
 
     planes: torch.Tensor
+    slot_offsets: torch.Tensor
+
+    score_keys = ("bucket_sums",)
+    cuda_graphs = True
 
     def __init__(self, config: CTRConfig, item_categories: np.ndarray | None) -> None:
         super().__init__(config, item_categories)
         planes = torch.randn(config.hashes, config.hash_bits, self.embedding.out_dim)
         self.register_buffer("planes", planes)
         self.buckets = 2**config.hash_bits
+        # Hash function j's codes occupy flat slots j * buckets ... (j + 1) * buckets - 1.
+        offsets = torch.arange(config.hashes) * self.buckets
+        self.register_buffer("slot_offsets", offsets, persistent=False)
+        self._codes: torch.Tensor | None = None
+        self._codes_of: tuple[object, ...] = ()
 
     def interest(
         self, items: torch.Tensor, history: torch.Tensor, mask: torch.Tensor
@@ -174,6 +207,43 @@ class SDIM(CTRModule):
         sums = torch.einsum("blm,bld->bmd", match, e)
         return F.normalize(sums, dim=-1).mean(dim=1)
 
+    def item_codes(self) -> torch.Tensor:
+        """The SimHash codes ``(n_items + 1, m)`` of every catalogue row (row ``r + 1`` for
+        catalogue row ``r``; row 0 for an unknown item), ``uint8`` up to 8 bits, else
+        ``int32``.
+
+        The serving path hashes behaviours and candidates by looking their codes up here
+        instead of projecting their embeddings on every call. The table is built on first
+        use and again whenever the weights it derives from change (in place, or moved to
+        another device); the training path always hashes its current embeddings.
+        """
+        sources = (
+            self.embedding.items.weight,
+            self.embedding.categories.weight,
+            self.item_category,
+            self.planes,
+        )
+        stamp = tuple((t.device, t.data_ptr(), t._version) for t in sources)
+        if self._codes is None or stamp != self._codes_of:
+            dtype = torch.uint8 if self.config.hash_bits <= 8 else torch.int32
+            rows = torch.arange(-1, self.config.n_items, device=self.planes.device)
+            # A normal tensor even when first asked for under inference mode.
+            with torch.inference_mode(False), torch.no_grad():
+                parts = [
+                    simhash(self.embed(chunk), self.planes).to(dtype)
+                    for chunk in rows.split(HASH_CHUNK_ROWS)
+                ]
+                self._codes = torch.cat(parts)
+            self._codes_of = stamp
+        return self._codes
+
+    def prepare_serving(self) -> None:
+        self.item_codes()
+
+    def slots(self, rows: torch.Tensor) -> torch.Tensor:
+        """Flat (hash function, code) bucket slots ``(..., m)`` of catalogue rows ``(...)``."""
+        return self.item_codes()[rows + 1].long() + self.slot_offsets
+
     def empty_state(self) -> State:
         device = self.item_category.device
         m, dim = self.config.hashes, self.embedding.out_dim
@@ -182,14 +252,9 @@ class SDIM(CTRModule):
             "bucket_counts": torch.zeros(m, self.buckets, dtype=torch.long, device=device),
         }
 
-    def _slots(self, codes: torch.Tensor) -> torch.Tensor:
-        """Flat (hash function, code) slots of codes ``(..., m)``."""
-        offsets = torch.arange(self.config.hashes, device=codes.device) * self.buckets
-        return codes + offsets
-
     def extend_state(self, state: State, rows: torch.Tensor) -> State:
         e = self.embed(rows)  # (n, D)
-        slots = self._slots(simhash(e, self.planes)).reshape(-1)  # (n * m,)
+        slots = self.slots(rows).reshape(-1)  # (n * m,)
         m, dim = self.config.hashes, e.shape[-1]
         sums = (
             state["bucket_sums"]
@@ -205,10 +270,11 @@ class SDIM(CTRModule):
         }
 
     def state_interest(self, state: State, items: torch.Tensor) -> torch.Tensor:
-        slots = self._slots(simhash(self.embed(items), self.planes))  # (C, m)
         dim = state["bucket_sums"].shape[-1]
-        gathered = state["bucket_sums"].reshape(-1, dim)[slots]  # (C, m, D)
-        return F.normalize(gathered, dim=-1).mean(dim=1)
+        # Normalising the m * 2**tau buckets once, then gathering, is the same function as
+        # normalising the C * m gathered copies, at a fraction of the work.
+        unit = F.normalize(state["bucket_sums"].reshape(-1, dim), dim=-1)
+        return F.embedding(self.slots(items), unit).mean(dim=1)  # (C, m, D) -> (C, D)
 
 
 class DARE(RecentBehaviours):
@@ -225,6 +291,9 @@ class DARE(RecentBehaviours):
     State (BSE): attention keys and representation rows of the ``max_history`` most recent
     behaviours; scoring is a top-k over the stored keys, bounded by ``max_history``.
     """
+
+    score_keys = ("keys", "values")
+    cuda_graphs = True
 
     def __init__(
         self, config: CTRConfig, item_categories: np.ndarray | None, *, shared: bool
@@ -257,4 +326,6 @@ class DARE(RecentBehaviours):
 
     def state_interest(self, state: State, items: torch.Tensor) -> torch.Tensor:
         scores = self.attend(items) @ state["keys"].T * self.scale  # (C, L)
-        return topk_pool(scores, state["values"], self.config.top_k)
+        valid = state.get(VALID)  # a padded state: which rows are behaviours
+        mask = None if valid is None else valid.expand_as(scores)
+        return topk_pool(scores, state["values"], self.config.top_k, mask)
