@@ -55,7 +55,7 @@ class RerankSettings(BaseModel):
     # Models API clients may name besides the default and the packaged ones.
     allowed_models: list[str] = Field(default_factory=list)
     device: str = "auto"
-    batch_tokens: int = Field(16_384, ge=64)
+    batch_tokens: int | None = Field(None, ge=64)
     max_batch_size: int = Field(256, ge=1)
     # Request limits of /v1/rerank and the search rerank stage.
     max_documents: int = Field(1000, ge=1)
@@ -138,6 +138,8 @@ class ServingSettings(BaseModel):
     # ... or when its oldest request has waited this long while the model was busy (an idle
     # model takes a request at once).
     max_wait_ms: float = Field(5.0, ge=0)
+    # Estimated tokens (query + document per pair) of one merged rerank batch.
+    rerank_batch_tokens: int = Field(65_536, ge=64)
     # Bounded queue: more requests or estimated tokens than this waiting -> 503 overloaded.
     max_queue_requests: int = Field(1024, ge=1)
     max_queue_tokens: int = Field(262_144, ge=64)

@@ -3,8 +3,9 @@
 :class:`Serving` is what the online paths call: query embedding in search, ``/v1/embed`` and
 ``/v1/embeddings``, and ``/v1/rerank`` (and the search rerank stage). Embedding requests that
 arrive together are merged into one :meth:`Embedder.embed` call, whose token-budget planner
-cuts it into forward passes; rerank requests queue on the same kind of batcher and are scored
-one query at a time (their documents already make a batch). With
+cuts it into forward passes; rerank requests queue on the same kind of batcher, and rerankers that
+can (:meth:`ranker.text.engine.ModelReranker.score_many`: cross-encoder, LLM) score the pairs of
+several requests in shared batches. With
 ``QUARRY_SERVING__BATCHING=false`` every call runs on its own, as before the batcher.
 
 Bulk work (ingest, re-embedding, evaluation) calls the engines directly, never a queue.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -213,6 +214,12 @@ class Serving:
             if batcher is None:
 
                 def run(reqs: list[_RerankRequest]) -> list[np.ndarray]:
+                    many = getattr(reranker, "score_many", None)
+                    if many is not None and len(reqs) > 1:
+                        scored: list[np.ndarray] = many(
+                            [r.query for r in reqs], [list(r.documents) for r in reqs]
+                        )
+                        return scored
                     return [reranker.score(r.query, list(r.documents)) for r in reqs]
 
                 batcher = Batcher(
@@ -222,7 +229,7 @@ class Serving:
                         estimate_tokens((r.query,), 512) * len(r.documents)
                         + estimate_tokens(r.documents, 512)
                     ),
-                    limits=self.limits(),
+                    limits=replace(self.limits(), max_batch_cost=self.settings.rerank_batch_tokens),
                     observer=self._observers,
                 )
                 self._batchers[key] = batcher

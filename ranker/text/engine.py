@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ import torch
 from embedder.base import resolve_device
 from embedder.batching import plan_batches
 from ranker.text.base import check_inputs
-from ranker.text.model import RerankModel
+from ranker.text.model import PairRerankModel, RerankModel
 from ranker.text.registry import LoadOptions
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,15 @@ logger = logging.getLogger(__name__)
 #: On the CPU compute follows padded tokens: a batch closes before real tokens fill less
 #: than this share of it (see ``plan_batches``). On a GPU an extra pass costs more.
 CPU_MIN_FILL = 0.75
+
+
+#: Pairs tokenised per step of :meth:`ModelReranker.score_many` (the next step's tokenising
+#: overlaps this one's forward passes).
+PAIRS_PER_CHUNK = 1024
+
+#: The default token budget on a GPU: a typical query's 100 candidates in one pass (one pass
+#: of 100 x 182 tokens took 9.4 ms per call on an H200 against 13.5 ms in two passes of 16k).
+CUDA_BATCH_TOKENS = 65_536
 
 
 def inference_dtype(device: str) -> torch.dtype:
@@ -46,7 +57,8 @@ class ModelReranker:
         self.name = name
         self.kind = model.kind
         self.device = resolve_device(options.device)
-        self.batch_tokens = options.batch_tokens
+        cuda = self.device.startswith("cuda")
+        self.batch_tokens = options.batch_tokens or (CUDA_BATCH_TOKENS if cuda else 16_384)
         self.max_batch_size = options.max_batch_size
         self.min_fill = CPU_MIN_FILL if self.device == "cpu" else 0.0
         model.eval()
@@ -65,10 +77,52 @@ class ModelReranker:
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """``float32`` scores of ``documents`` for ``query``, in the documents' order."""
         check_inputs(query, documents)
-        out = np.empty(len(documents), dtype=np.float32)
         if not documents:
-            return out
-        prepared = self.model.prepare(query, list(documents))
+            return np.empty(0, dtype=np.float32)
+        return self._run(self.model.prepare(query, list(documents)), len(documents))
+
+    def score_many(
+        self, queries: Sequence[str], groups: Sequence[Sequence[str]]
+    ) -> list[np.ndarray]:
+        """Scores of each query's documents, like :meth:`score` per query.
+
+        Kinds that read each pair as one sequence (cross-encoder, LLM) share batches across
+        the queries, planned by one token budget over all pairs, and the next chunk of pairs
+        is tokenised on a helper thread while the current one runs; the other kinds score one
+        query at a time.
+        """
+        if len(queries) != len(groups):
+            raise ValueError("one group of documents per query")
+        for q, g in zip(queries, groups, strict=True):
+            check_inputs(q, g)
+        if not isinstance(self.model, PairRerankModel) or len(queries) < 2:
+            return [self.score(q, g) for q, g in zip(queries, groups, strict=True)]
+        sizes = [len(g) for g in groups]
+        flat_q = [q for q, g in zip(queries, groups, strict=True) for _ in g]
+        flat_d = [d for g in groups for d in g]
+        scores = np.empty(len(flat_d), dtype=np.float32)
+        chunks = [
+            (s, min(s + PAIRS_PER_CHUNK, len(flat_d)))
+            for s in range(0, len(flat_d), PAIRS_PER_CHUNK)
+        ]
+        if chunks:
+            model = self.model
+            with ThreadPoolExecutor(1, thread_name_prefix="rerank-tokenize") as pool:
+                pending = pool.submit(
+                    model.encode_pairs, flat_q[: chunks[0][1]], flat_d[: chunks[0][1]]
+                )
+                for k, (start, end) in enumerate(chunks):
+                    prepared = pending.result()
+                    if k + 1 < len(chunks):
+                        a, b = chunks[k + 1]
+                        pending = pool.submit(model.encode_pairs, flat_q[a:b], flat_d[a:b])
+                    scores[start:end] = self._run(prepared, end - start)
+        bounds = np.cumsum([0, *sizes])
+        return [scores[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
+
+    def _run(self, prepared: Any, n: int) -> np.ndarray:
+        """Scores of ``n`` prepared documents: token-budget batches, one device sync."""
+        out = np.empty(n, dtype=np.float32)
         # Scores stay on the device until one copy at the end: no sync between batches.
         parts: list[tuple[np.ndarray, torch.Tensor]] = []
         with torch.inference_mode():

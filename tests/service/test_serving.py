@@ -89,3 +89,55 @@ def test_an_unknown_model_fails_before_any_queue_exists(minilm) -> None:
 def test_token_estimate_is_capped_per_text() -> None:
     assert estimate_tokens(["abcd" * 10, "x"], 512) == 12 + 2
     assert estimate_tokens(["a" * 100_000], 256) == 256
+
+
+class ManyReranker:
+    """A reranker that scores by document length and records how it was called."""
+
+    name = "fake"
+    kind = "cross-encoder"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def score(self, query: str, documents: list[str]) -> np.ndarray:
+        self.calls.append(1)
+        return np.asarray([len(query) + len(d) for d in documents], dtype=np.float32)
+
+    def score_many(self, queries: list[str], groups: list[list[str]]) -> list[np.ndarray]:
+        self.calls.append(len(queries))
+        return [self.score(q, g) for q, g in zip(queries, groups, strict=True)]
+
+
+def test_concurrent_rerank_requests_share_batches_and_get_their_own_scores() -> None:
+    import threading
+
+    reranker = ManyReranker()
+
+    class RPool:
+        def get(self, name: str) -> ManyReranker:
+            return reranker
+
+    gate = threading.Event()
+    original = reranker.score_many
+
+    def slow_many(queries: list[str], groups: list[list[str]]) -> list[np.ndarray]:
+        gate.wait(5)
+        return original(queries, groups)
+
+    reranker.score_many = slow_many  # type: ignore[method-assign]
+    serving = Serving(ServingSettings(workers=1), None, RPool())  # type: ignore[arg-type]
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            futures = [
+                pool.submit(serving.rerank, "fake", "q" * i, ["a", "bb", "c" * i]) for i in range(8)
+            ]
+            import time
+
+            time.sleep(0.3)
+            gate.set()
+            for i, f in enumerate(futures):
+                assert f.result(timeout=10).tolist() == [i + 1, i + 2, 2 * i]
+        assert max(reranker.calls) > 1  # requests were merged into one score_many call
+    finally:
+        serving.close()

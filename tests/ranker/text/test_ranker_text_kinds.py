@@ -79,6 +79,26 @@ def test_batched_equals_one_by_one(model: RerankModel) -> None:
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
+def test_score_many_equals_one_query_at_a_time(
+    model: RerankModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Several queries in shared batches (and tokenising chunks on a helper thread) give each
+    query the scores a call of its own gives; empty groups stay empty."""
+    import ranker.text.engine as engine
+
+    monkeypatch.setattr(engine, "PAIRS_PER_CHUNK", 3)  # several pipelined chunks
+    reranker = serve(model, "many", LoadOptions(device="cpu", batch_tokens=96, max_batch_size=4))
+    assert isinstance(reranker, ModelReranker)
+    queries = [QUERY, "stars at night", QUERY, "empty"]
+    groups = [DOCS, DOCS[::-1], DOCS[:2], []]
+    many = reranker.score_many(queries, groups)
+    assert [m.shape for m in many] == [(len(g),) for g in groups]
+    for q, g, got in zip(queries, groups, many, strict=True):
+        np.testing.assert_allclose(got, reranker.score(q, g), atol=1e-5)
+    with pytest.raises(ValueError):
+        reranker.score_many([QUERY], [])
+
+
 def test_save_load_round_trip_references_the_backbone(model: RerankModel, tmp_path: Path) -> None:
     with torch.no_grad():  # a head that is not its initial value
         for p in model.head_parameters():
