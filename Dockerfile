@@ -94,6 +94,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     HF_HUB_DISABLE_TELEMETRY=1 \
     HF_HOME=/home/quarry/.cache/huggingface \
+    OMP_WAIT_POLICY=PASSIVE \
     QUARRY_DATA_DIR=/data
 
 WORKDIR /app

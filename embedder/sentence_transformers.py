@@ -22,6 +22,7 @@ from sentence_transformers import SentenceTransformer
 from core.errors import ModelNotAvailable
 from embedder.base import EmbedKind, check_kind, check_texts, resolve_device
 from embedder.batching import pad_rows, plan_batches
+from embedder.lean_bert import sentence_features
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,9 @@ class SentenceTransformerEmbedder:
         return result.cpu().numpy()
 
     def _forward(self, features: dict[str, torch.Tensor], normalize: bool) -> torch.Tensor:
-        emb = self._model.forward(features)["sentence_embedding"].float()
+        # A BERT backbone runs its lean forward (embedder.lean_bert): same numbers, a fraction
+        # of Hugging Face's per-call Python overhead; other models run as they are.
+        emb = sentence_features(self._model, features)["sentence_embedding"].float()
         if normalize:
             emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
         return emb

@@ -167,7 +167,7 @@ class Serving:
 
     async def aembed(self, model: str, request: EmbedRequest) -> Embedded:
         """Embed through the model's queue without blocking the event loop."""
-        if not self.batching or model not in self._batchers:
+        if not self.batching or f"embed:{model}" not in self._batchers:
             # Loading a model (first use) or the unbatched path runs on a thread.
             embedder = await anyio.to_thread.run_sync(self._embedders.get, model)
             if not self.batching:

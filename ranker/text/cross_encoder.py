@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from core.errors import InvalidRequest
+from embedder.lean_bert import classifier_logits
 from ranker.text.backbones import ResolvedBackbone, load_pretrained, load_tokenizer
 from ranker.text.config import KindOptions
 from ranker.text.model import PairRerankModel, pad_sequences, register_model
@@ -177,11 +178,11 @@ class CrossEncoderModel(PairRerankModel):
     def pair_scores(self, pairs: Any, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
         device = self.device
         ids, mask = pad_sequences([pairs.input_ids[i] for i in rows], self.pad_id, device)
-        inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask.long()}
+        types = None
         if pairs.token_type_ids is not None:
             types, _ = pad_sequences([pairs.token_type_ids[i] for i in rows], 0, device)
-            inputs["token_type_ids"] = types
-        logits = self.model(**inputs).logits.float()
+        # A BERT classifier in eval mode takes the lean encoder forward (same logits).
+        logits = classifier_logits(self.model, ids, mask.long(), types).float()
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 
     @property

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedder.lean_bert import last_hidden_state
 from ranker.text.backbones import ResolvedBackbone, load_pretrained, load_tokenizer
 from ranker.text.config import KindOptions
 from ranker.text.model import RerankModel, group_size, pad_sequences
@@ -145,8 +146,8 @@ class InteractionModel(RerankModel):
     def _run_encoder(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         if not self.contextual:
             return self.encoder.get_input_embeddings()(ids)
-        out = self.encoder(input_ids=ids, attention_mask=attention.long())
-        return out.last_hidden_state
+        # A BERT encoder in eval mode takes the lean forward (same states).
+        return last_hidden_state(self.encoder, ids, attention.long())
 
     def token_states(self, encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone states ``(N, L, H)`` of padded rows and the mask of real positions."""

@@ -218,3 +218,19 @@ def test_close_fails_what_is_still_queued() -> None:
     b.close()
     with pytest.raises(Exception, match="shut down"):
         waiting.result(timeout=1)
+
+
+def test_an_idle_blocking_call_runs_on_the_callers_thread() -> None:
+    threads: list[str] = []
+
+    def run(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return items
+
+    b: Batcher[int, int] = Batcher("inline", run, cost=lambda i: 1)
+    try:
+        assert b.call(5) == 5
+        assert threads == [threading.current_thread().name]
+        assert b.health().ok and b.health().running == 0
+    finally:
+        b.close()
