@@ -255,8 +255,20 @@ def _parse_values(items: list[str] | None) -> dict[str, Any]:
 def reranker(
     out: Annotated[Path, typer.Option(help="Output model directory (load it by this path)")],
     kind: Annotated[
-        str, typer.Option(help="cross-encoder, late-interaction, knrm or llm (docs/methods.md)")
+        str,
+        typer.Option(
+            help="cross-encoder, late-interaction, knrm, llm, or fusion (weights over "
+            "--components) (docs/methods.md)"
+        ),
     ] = "cross-encoder",
+    components: Annotated[
+        str | None,
+        typer.Option(
+            help="--kind fusion: comma-separated rerankers to fuse (first-stage, "
+            "embedder:MODEL, packaged names, directories); weights are fit by grid search on "
+            "nDCG@10 (--option normalization=minmax|zscore, --option step=0.1)"
+        ),
+    ] = None,
     beir: Annotated[
         Path | None,
         typer.Option(help="BEIR folder: positives from its qrels, BM25 hard negatives"),
@@ -374,12 +386,31 @@ def reranker(
     """Train a reranker (cross-encoder, late interaction, KNRM or pointwise LLM)."""
     import json
 
+    from core.errors import InvalidRequest
     from ranker.text.registry import LoadOptions
     from ranker.text.train.trainer import RerankTrainConfig
     from service.rerank_training import DataSource, train_from_source
 
     setup_cli()
     options = _parse_values(option)
+    if kind == "fusion":
+        source = DataSource(
+            beir=beir,
+            split=split,
+            candidates=candidates,
+            qrels=qrels,
+            data=data,
+            min_grade=min_grade,
+            seed=seed,
+        )
+        summary = _train_fusion(
+            out, components, source, options, folds=folds, seed=seed, device=device
+        )
+        typer.echo(f"Trained fusion reranker: {out}")
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    if components is not None:
+        raise InvalidRequest("--components is for --kind fusion")
     if max_length is not None:
         options["max_length"] = max_length
     config = RerankTrainConfig(
@@ -427,6 +458,87 @@ def reranker(
     )
     typer.echo(f"Trained {kind} reranker: {out}")
     typer.echo(json.dumps(summary, indent=2))
+
+
+def _train_fusion(
+    out: Path,
+    components: str | None,
+    source: Any,
+    options: dict[str, Any],
+    *,
+    folds: int | None,
+    seed: int,
+    device: str,
+) -> dict[str, Any]:
+    """``quarry train reranker --kind fusion``: fit fusion weights on nDCG@10 (ranx) over the
+    source's judged queries, or per fold over each fold's training queries only."""
+    from collections.abc import Mapping, Sequence
+
+    from core.errors import InvalidRequest
+    from evaluation.metrics import evaluate_run
+    from evaluation.rerank import measure_reranking
+    from ranker.text.registry import LoadOptions
+    from ranker.text.train.fusion import DEFAULT_STEP, train_fusion, train_fusion_kfold
+
+    names = [c.strip() for c in (components or "").split(",") if c.strip()]
+    if not names:
+        raise InvalidRequest("--kind fusion needs --components NAME,NAME,...")
+    unknown = sorted(set(options) - {"normalization", "step"})
+    if unknown:
+        raise InvalidRequest(
+            f"Invalid option(s) {', '.join(unknown)} for a fusion. Valid options: "
+            "normalization, step"
+        )
+    if source.data is not None:
+        raise InvalidRequest("A fusion is fit on judged candidates: give --candidates or --beir")
+    normalization = str(options.get("normalization", "minmax"))
+    step = float(options.get("step", DEFAULT_STEP))
+    judgements = source.judgements()
+    cands = (
+        source.candidate_set()
+        if source.candidates is not None
+        else source.rerank_candidates(source.query_ids())
+    )
+
+    def objective_for(qids: Sequence[str]) -> Any:
+        judged = {q: dict(judgements[q]) for q in qids if judgements.get(q)}
+
+        def ndcg10(run: Mapping[str, Mapping[str, float]]) -> float:
+            return evaluate_run(judged, run, ["ndcg@10"]).aggregate["ndcg@10"]
+
+        return ndcg10
+
+    load = LoadOptions(device=device)
+    meta = {"data": source.describe(), "objective": "ndcg@10"}
+    if folds is not None:
+        result = train_fusion_kfold(
+            names,
+            cands,
+            objective_for,
+            out,
+            folds=folds,
+            seed=seed,
+            normalization=normalization,
+            step=step,
+            options=load,
+            metadata=meta,
+        )
+        return {
+            "folds": folds,
+            "weights": [c.weights for c in result.configs],
+            "metrics": measure_reranking(result.pooled, cands, judgements, min_grade=source.grade),
+        }
+    config = train_fusion(
+        names,
+        cands,
+        objective_for(list(cands.candidates)),
+        out,
+        normalization=normalization,
+        step=step,
+        options=load,
+        metadata=meta,
+    )
+    return {"components": config.names, "weights": config.weights, "fit": config.fit}
 
 
 @app.command("rerank-run")

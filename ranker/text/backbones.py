@@ -97,4 +97,27 @@ def load_pretrained(factory: Any, resolved: ResolvedBackbone, **kwargs: Any) -> 
             f"Reranker backbone in {resolved.directory.name!r} could not be loaded "
             f"({type(exc).__name__})."
         ) from exc
+    if resolved.gguf_file is not None:
+        model = _without_gguf_marker(factory, model)
     return model
+
+
+def _without_gguf_marker(factory: Any, model: Any) -> Any:
+    """The same float32 weights in a model that does not call itself GGUF-quantised.
+
+    transformers dequantises every GGUF tensor on load but keeps a GGUF quantizer on the
+    model (and ``quantization_config`` in its config), and then refuses ``save_pretrained``:
+    a LoRA-merged or fine-tuned LLM reranker could not write its ``backbone/``.
+    """
+    import copy
+
+    import torch
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    with torch.random.fork_rng(devices=[]):  # the fresh init is overwritten right away
+        plain = factory.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.eval()
+    return plain

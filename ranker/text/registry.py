@@ -4,16 +4,16 @@ A reranker is named by one of:
 
 - ``embedder:MODEL`` — the bi-encoder stand-in over one of Quarry's embedders;
 - a directory written by ``quarry train reranker`` (it holds ``quarry_reranker.json``
-  naming its kind) or any Hugging Face sequence-classification model directory (a
-  cross-encoder);
+  naming its kind; ``fusion`` directories combine other rerankers, :mod:`ranker.text.fusion`)
+  or any Hugging Face sequence-classification model directory (a cross-encoder);
 - a packaged name listed in :data:`PACKAGED_RERANKERS`: ``smollm2-pointwise`` (zero-shot
   SmolLM2-135M-Instruct, the LLM kind) and the trained weights that ship in
   ``ranker/text/weights/<name>/`` (``quarry-li-cranfield``).
 
 Kinds register a loader with :func:`register_kind`; the built-in ones (``cross-encoder``,
-``late-interaction``, ``knrm``, ``llm``) are registered here with loaders that import torch
-only when called. An unknown name fails with the list of valid ones. Nothing reaches a model
-hub.
+``late-interaction``, ``knrm``, ``llm`` and ``fusion``) are registered here with loaders that
+import torch only when called. An unknown name fails with the list of valid ones. Nothing
+reaches a model hub.
 """
 
 from __future__ import annotations
@@ -90,9 +90,16 @@ def _model_directory(path: Path, name: str, options: LoadOptions) -> TextReranke
     return load_directory(path, name, options)
 
 
+def _fusion_directory(path: Path, name: str, options: LoadOptions) -> TextReranker:
+    from ranker.text.fusion import load_fusion
+
+    return load_fusion(path, name, options)
+
+
 for _kind in MODEL_KINDS:
     register_kind(_kind, _model_directory)
 del _kind
+register_kind("fusion", _fusion_directory)
 
 
 def _shipped(name: str, options: LoadOptions) -> TextReranker:
