@@ -137,20 +137,36 @@ def test_a_queue_bounded_by_cost_refuses_what_would_overflow_it() -> None:
 def test_requests_past_their_deadline_fail_and_are_never_run() -> None:
     run = Recorder()
     run.gate.clear()
-    b = make(run, timeout_s=0.2, workers=1)
+    b = make(run, timeout_s=0.3, workers=1)
     try:
         with ThreadPoolExecutor(4) as pool:
-            futures = [pool.submit(b.call, i) for i in range(3)]
-            for f in futures:
+            # An idle batcher runs the first call on the caller's thread (held at the gate)...
+            first = pool.submit(b.call, 0, timeout_s=5)
+            _wait_for(lambda: b.health().running == 1)
+            # ...and the one worker takes the next item and is held too.
+            second = b.submit(1, timeout_s=5)
+            _wait_for(lambda: b.health().running == 2 and b.health().queued == 0)
+            late = [pool.submit(b.call, i) for i in (2, 3, 4)]
+            for f in late:
                 with pytest.raises(DeadlineExceeded) as err:
                     f.result(timeout=5)
                 assert err.value.status == 503
-        run.gate.set()
+            run.gate.set()
+            assert first.result(timeout=5) == 0
+            assert second.result(timeout=5) == 2
         time.sleep(0.1)
-        ran = [i for batch in run.batches for i in batch]
-        assert len(ran) <= 1  # only what the worker had taken before the deadline
+        ran = sorted(i for batch in run.batches for i in batch)
+        assert ran == [0, 1]  # only what was running before the deadline, never 2, 3 or 4
     finally:
+        run.gate.set()
         b.close()
+
+
+def _wait_for(condition: object, timeout_s: float = 5.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.005)
 
 
 def test_health_reports_a_wedged_batcher_and_recovers_when_it_drains() -> None:

@@ -118,14 +118,22 @@ def test_concurrent_rerank_requests_share_batches_and_get_their_own_scores() -> 
         def get(self, name: str) -> ManyReranker:
             return reranker
 
+    # Hold every model call at a gate, so the requests queue up behind the first one whatever
+    # order the threads arrive in (a lone request is scored with ``score``, a merged batch
+    # with ``score_many``).
     gate = threading.Event()
-    original = reranker.score_many
+    original_many, original_one = reranker.score_many, reranker.score
 
     def slow_many(queries: list[str], groups: list[list[str]]) -> list[np.ndarray]:
         gate.wait(5)
-        return original(queries, groups)
+        return original_many(queries, groups)
+
+    def slow_one(query: str, documents: list[str]) -> np.ndarray:
+        gate.wait(5)
+        return original_one(query, documents)
 
     reranker.score_many = slow_many  # type: ignore[method-assign]
+    reranker.score = slow_one  # type: ignore[method-assign]
     serving = Serving(ServingSettings(workers=1), None, RPool())  # type: ignore[arg-type]
     try:
         with ThreadPoolExecutor(8) as pool:
