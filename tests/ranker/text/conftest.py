@@ -104,6 +104,10 @@ def make_tiny_llama(path: Path, *, seed: int = 0) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=False,
+        # At the default 0.02 the output rows are so small that logit(yes) - logit(no) stays
+        # within about +-0.9 whatever LoRA does to the layers below (the head is not adapted),
+        # and the toy ranking task saturates there; 0.1 leaves it room to learn.
+        initializer_range=0.1,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
