@@ -14,6 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
 
+#: Execution option of an engine whose transactions only read (see
+#: :func:`make_read_session_factory`).
+READ_ONLY = "quarry_read_only"
+
 
 def normalise_url(url: str) -> str:
     """Use psycopg 3 for ``postgresql://`` URLs (SQLAlchemy would pick psycopg2)."""
@@ -46,7 +50,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front; readers (READ_ONLY sessions) take none,
+            # so in WAL mode they neither wait for a writer nor make each other wait.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -57,6 +64,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for paths that only read (search). On SQLite every other transaction begins
+    with ``BEGIN IMMEDIATE`` (the write lock, so that read-modify-write cannot interleave);
+    these begin with a plain ``BEGIN`` and read a WAL snapshot beside a writer, instead of
+    queueing behind an ingest's commits and each other. Never write through them. On
+    Postgres they are ordinary sessions."""
+    return sessionmaker(bind=engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 @contextmanager

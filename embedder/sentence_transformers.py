@@ -20,6 +20,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from core.errors import ModelNotAvailable
+from core.priority import ForwardLock, batch_budget
 from embedder.base import EmbedKind, check_kind, check_texts, resolve_device
 from embedder.batching import pad_rows, plan_batches
 from embedder.lean_bert import sentence_features
@@ -110,7 +111,8 @@ class SentenceTransformerEmbedder:
         }
         # Rust tokenizers raise "Already borrowed" when used from two threads at once.
         self._tokenize_lock = threading.Lock()
-        self._forward_lock = threading.Lock()
+        # Online requests' passes go before an ingest job's (core.priority).
+        self._forward_lock = ForwardLock()
         # The bulk path (see embed): on by default on CUDA, for calls of many texts.
         self.pipeline = self.device.startswith("cuda") if pipeline is None else pipeline
         self.pipeline_min = 256
@@ -221,7 +223,7 @@ class SentenceTransformerEmbedder:
     def _plan(self, lengths: np.ndarray) -> list[np.ndarray]:
         return plan_batches(
             lengths,
-            batch_tokens=self.batch_tokens,
+            batch_tokens=batch_budget(self.batch_tokens, self.device),
             max_batch_size=self.max_batch_size,
             min_fill=self.min_fill,
         )

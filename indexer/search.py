@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import faiss
@@ -16,6 +17,26 @@ from indexer.spec import as_id_set, as_vectors, find_hnsw
 from indexer.torch_flat import TorchFlatIndex
 
 logger = logging.getLogger(__name__)
+
+#: Fewer queries than this search on the calling thread alone. FAISS parallelises a search
+#: over its queries, so one query gains nothing from an OpenMP team and pays for starting
+#: it; with many requests searching at once, teams per request oversubscribe the cores.
+#: (20 is also where FAISS's flat search switches to BLAS.)
+SOLO_BELOW = 20
+
+
+@contextmanager
+def _faiss_threads(nq: int) -> Iterator[None]:
+    """One OpenMP thread for small searches; the setting is per calling thread."""
+    if nq >= SOLO_BELOW:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _selector(
@@ -155,11 +176,12 @@ def search_segments(
         _selector(exclude, allow) if exclude is not None or allow is not None else (None, [])
     )
     all_scores, all_ids = [scores], [ids]
-    for seg in live:
-        dist, labels = _search_one(seg, q, k, exclude, allow, sel)
-        seg_scores = -dist if metric == "l2" else dist
-        all_scores.append(np.where(labels >= 0, seg_scores, -np.inf).astype(np.float32))
-        all_ids.append(labels.astype(np.int64, copy=False))
+    with _faiss_threads(nq):
+        for seg in live:
+            dist, labels = _search_one(seg, q, k, exclude, allow, sel)
+            seg_scores = -dist if metric == "l2" else dist
+            all_scores.append(np.where(labels >= 0, seg_scores, -np.inf).astype(np.float32))
+            all_ids.append(labels.astype(np.int64, copy=False))
     merged_scores = np.concatenate(all_scores, axis=1)
     merged_ids = np.concatenate(all_ids, axis=1)
     top = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]

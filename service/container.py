@@ -78,6 +78,13 @@ class Container:
         return make_session_factory(self.engine)
 
     @cached_property
+    def read_sessions(self) -> sessionmaker[Session]:
+        """Sessions for read-only paths (search); see :func:`core.db.make_read_session_factory`."""
+        from core.db import make_read_session_factory
+
+        return make_read_session_factory(self.engine)
+
+    @cached_property
     def embedders(self) -> EmbedderPool:
         from embedder import EmbedderPool
 
@@ -128,7 +135,7 @@ class Container:
     def searcher(self) -> Searcher:
         from service.search import Searcher
 
-        return Searcher(self.sessions, self.serving, self.segments)
+        return Searcher(self.read_sessions, self.serving, self.segments)
 
     @property
     def segments_root(self) -> Path:

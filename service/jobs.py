@@ -57,6 +57,7 @@ from core.models import (
     Segment,
     utcnow,
 )
+from core.priority import bulk_work
 from indexer import (
     FRESH_SEGMENT_SPEC,
     active_segments,
@@ -218,9 +219,10 @@ def _ingest(c: Container, job_id: str, lease: Lease, coll: Collection) -> int:
             break
         ids = np.fromiter((i for i, _ in batch), dtype=np.int64, count=len(batch))
         t0 = time.perf_counter()
-        vectors = embedder.embed(
-            [t for _, t in batch], kind="document", normalize=False, progress=progress
-        )
+        with bulk_work():  # queries sharing the model go first (core.priority)
+            vectors = embedder.embed(
+                [t for _, t in batch], kind="document", normalize=False, progress=progress
+            )
         logger.info(
             "Job %s: embedded %d docs in %.2fs", job_id, len(batch), time.perf_counter() - t0
         )

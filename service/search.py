@@ -23,6 +23,7 @@ from core.collections import get_collection
 from core.db import session_scope
 from core.documents import documents_by_ids, filtered_ids
 from core.errors import InvalidRequest, SegmentCorrupt
+from core.models import Collection
 from indexer.cache import SegmentCache
 from indexer.fusion import rrf
 from indexer.lexical import search_lexical
@@ -70,6 +71,16 @@ class RerankStage:
     candidates: int | None = None
 
 
+@dataclass(frozen=True)
+class _Manifest:
+    """What a search reads of a collection's manifest, at one version."""
+
+    version: int
+    names: list[str]
+    checksums: dict[str, Any]
+    tombstones: np.ndarray
+
+
 SearchMode = Literal["dense", "lexical", "hybrid"]
 SEARCH_MODES: tuple[str, ...] = ("dense", "lexical", "hybrid")
 HYBRID_DEPTH = 100  # candidates taken from each side before fusion
@@ -84,6 +95,23 @@ class Searcher:
         self._sessions = sessions
         self._serving = serving
         self._cache = cache
+        self._manifests: dict[int, _Manifest] = {}
+
+    def _manifest(self, s: Session, coll: Collection) -> _Manifest:
+        """The collection's live segments and tombstones at its current manifest version:
+        read once per version (every change to either bumps it in the same transaction)."""
+        known = self._manifests.get(coll.id)
+        if known is not None and known.version == coll.manifest_version:
+            return known
+        segments = active_segments(s, coll.id)
+        manifest = _Manifest(
+            coll.manifest_version,
+            [seg.name for seg in segments],
+            {seg.name: seg.checksums for seg in segments},
+            tombstone_ids(s, coll.id),
+        )
+        self._manifests[coll.id] = manifest
+        return manifest
 
     def search(
         self,
@@ -109,13 +137,12 @@ class Searcher:
                     f"Collection {collection!r} keeps no lexical index (created with "
                     "lexical=false); use mode 'dense'"
                 )
-            segments = active_segments(s, coll.id)
-            version, names = coll.manifest_version, [seg.name for seg in segments]
-            checksums = {seg.name: seg.checksums for seg in segments}
-            tombstones = tombstone_ids(s, coll.id)
+            manifest = self._manifest(s, coll)
             allow = filtered_ids(s, coll.id, filters) if filters else None
             cid, metric, model = coll.id, coll.metric, coll.embedder
             bm25_k1, bm25_b = coll.bm25_k1, coll.bm25_b
+        version, names, checksums = manifest.version, manifest.names, manifest.checksums
+        tombstones = manifest.tombstones
         timings["manifest_ms"] = _ms(t_all)
         if allow is not None and len(allow) == 0:
             timings["total_ms"] = _ms(t_all)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ModelNotAvailable
+from core.priority import ForwardLock, batch_budget
 from embedder.base import EmbedKind, check_kind, check_texts, resolve_device
 from embedder.batching import flatten_ids, pad_rows, plan_batches
 from embedder.llm.backbone import (
@@ -433,7 +434,8 @@ class LLMEmbedder:
         self._padding_side = config.padding_side
         # Rust tokenizers raise "Already borrowed" when used from two threads at once.
         self._tokenize_lock = threading.Lock()
-        self._forward_lock = threading.Lock()
+        # Online requests' passes go before an ingest job's (core.priority).
+        self._forward_lock = ForwardLock()
         if compile:
             self._warm_up()
         logger.info(
@@ -599,7 +601,7 @@ class LLMEmbedder:
         starts = np.cumsum(lengths) - lengths
         batches = plan_batches(
             lengths,
-            batch_tokens=self.batch_tokens,
+            batch_tokens=batch_budget(self.batch_tokens, self.device),
             max_batch_size=self.max_batch_size,
             min_fill=self.min_fill,
             packed=self.packed,
