@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -46,64 +47,60 @@ def in_bulk_work() -> bool:
     return _BULK.get()
 
 
+class _Waiter:
+    __slots__ = ("gate", "since")
+
+    def __init__(self) -> None:
+        self.gate = threading.Lock()
+        self.gate.acquire()  # released by whoever hands the lock over
+        self.since = time.monotonic()
+
+
 class ForwardLock:
-    """A non-reentrant lock that serves online callers before bulk ones; see the module doc."""
+    """A non-reentrant lock that serves online callers before bulk ones, each class in
+    arrival order; see the module doc.
+
+    A release hands the lock straight to the next caller (only that one wakes: with dozens
+    of request threads waiting on one model, waking all of them per pass would cost more
+    than the pass on a small CPU). The lock is free only when nobody waits.
+    """
 
     def __init__(self, max_bulk_wait_s: float = 0.5) -> None:
         self.max_bulk_wait_s = max_bulk_wait_s
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
         self._held = False
-        self._online_waiting = 0
-        # Start times of the bulk callers waiting now (their own entries, removed on entry).
-        self._bulk_waiting: list[float] = []
+        self._online: deque[_Waiter] = deque()
+        self._bulk: deque[_Waiter] = deque()
 
-    def _bulk_due_in(self, now: float) -> float | None:
-        """Seconds until the longest-waiting bulk caller is due (<= 0: due now); None: none."""
-        if not self._bulk_waiting:
-            return None
-        return min(self._bulk_waiting) + self.max_bulk_wait_s - now
+    @property
+    def _online_waiting(self) -> int:
+        return len(self._online)
+
+    @property
+    def _bulk_waiting(self) -> deque[_Waiter]:
+        return self._bulk
 
     def acquire(self) -> None:
-        with self._cond:
-            if _BULK.get():
-                self._acquire_bulk()
-            else:
-                self._acquire_online()
-            self._held = True
-
-    def _acquire_online(self) -> None:
-        self._online_waiting += 1
-        try:
-            while True:
-                due = self._bulk_due_in(time.monotonic())
-                bulk_turn = due is not None and due <= 0
-                if not self._held and not bulk_turn:
-                    return
-                self._cond.wait()
-        finally:
-            self._online_waiting -= 1
-
-    def _acquire_bulk(self) -> None:
-        mark = time.monotonic()
-        self._bulk_waiting.append(mark)
-        try:
-            while True:
-                waited = time.monotonic() - mark
-                due = waited >= self.max_bulk_wait_s
-                if not self._held and (self._online_waiting == 0 or due):
-                    return
-                # Held: sleep until released. Free with online callers waiting: one of them
-                # takes it; look again when this caller falls due.
-                self._cond.wait(None if self._held else max(self.max_bulk_wait_s - waited, 1e-3))
-        finally:
-            self._bulk_waiting.remove(mark)
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            waiter = _Waiter()
+            (self._bulk if _BULK.get() else self._online).append(waiter)
+        waiter.gate.acquire()  # the lock is ours once a release hands it over
 
     def release(self) -> None:
-        with self._cond:
+        with self._mutex:
             if not self._held:
                 raise RuntimeError("release of an unlocked ForwardLock")
-            self._held = False
-            self._cond.notify_all()
+            bulk_due = bool(self._bulk) and (
+                not self._online or time.monotonic() - self._bulk[0].since >= self.max_bulk_wait_s
+            )
+            queue = self._bulk if bulk_due else self._online
+            if not queue:
+                self._held = False
+                return
+            queue.popleft().gate.release()  # still held: now by that caller
 
     def __enter__(self) -> ForwardLock:
         self.acquire()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -22,16 +23,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from core.collections import get_collection
 from core.db import session_scope
 from core.documents import documents_by_ids, filtered_ids
-from core.errors import InvalidRequest, SegmentCorrupt
+from core.errors import InvalidRequest, QuarryError, SegmentCorrupt
 from core.models import Collection
 from indexer.cache import SegmentCache
 from indexer.fusion import rrf
 from indexer.lexical import search_lexical
 from indexer.manifest import active_segments, tombstone_ids
 from indexer.search import search_segments
+from indexer.segment import LoadedSegment
 from service.rerank import check_query, resolve_reranker
 from service.rerank import rerank as rerank_texts
-from service.serving import EmbedRequest, Serving
+from service.serving import EmbedRequest, Serving, estimate_tokens
 
 if TYPE_CHECKING:
     from service.container import Container
@@ -69,6 +71,15 @@ class RerankStage:
 
     model: str | None = None
     candidates: int | None = None
+
+
+@dataclass(frozen=True)
+class _DenseQuery:
+    """One plain dense search waiting in the search queue."""
+
+    collection: str
+    query: str
+    k: int
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,79 @@ class Searcher:
         self._manifests[coll.id] = manifest
         return manifest
 
+    def _load(self, collection: str, cid: int, manifest: _Manifest) -> list[LoadedSegment]:
+        try:
+            return self._cache.get(
+                cid, manifest.version, manifest.names, checksums=manifest.checksums
+            )
+        except SegmentCorrupt as exc:
+            exc.details = {**exc.details, "collection": collection}
+            exc.message = f"Collection {collection!r} is degraded: {exc.message}"
+            raise
+
+    # --- dense searches merged across concurrent requests ---------------------------------
+
+    def _dense_batch(self, queries: list[_DenseQuery]) -> list[SearchResult | BaseException]:
+        """The search queue's ``run``: the queued plain dense searches, one merged search
+        per collection (a collection's error goes to each of its own queries only)."""
+        out: list[SearchResult | BaseException] = [QuarryError("not searched")] * len(queries)
+        for name in dict.fromkeys(q.collection for q in queries):
+            members = [i for i, q in enumerate(queries) if q.collection == name]
+            try:
+                results: Sequence[SearchResult | BaseException] = self._dense_group(
+                    name, [queries[i] for i in members]
+                )
+            except QuarryError as exc:
+                results = [exc] * len(members)
+            for i, r in zip(members, results, strict=True):
+                out[i] = r
+        return out
+
+    def _dense_group(self, collection: str, queries: list[_DenseQuery]) -> list[SearchResult]:
+        """Dense top-k of several queries of one collection: one manifest read, one embedding
+        call, one FAISS search per segment and one document fetch for all of them (the
+        timings are the group's)."""
+        timings: dict[str, float] = {}
+        t_all = time.perf_counter()
+        with session_scope(self._sessions) as s:
+            coll = get_collection(s, collection)
+            manifest = self._manifest(s, coll)
+            cid, metric, model = coll.id, coll.metric, coll.embedder
+        timings["manifest_ms"] = _ms(t_all)
+        t = time.perf_counter()
+        loaded = self._load(collection, cid, manifest)
+        timings["load_ms"] = _ms(t)
+        t = time.perf_counter()
+        request = EmbedRequest(
+            tuple(q.query for q in queries), kind="query", normalize=False, count=False
+        )
+        qvecs = self._serving.embed(model, request).vectors
+        timings["embed_ms"] = _ms(t)
+        t = time.perf_counter()
+        scores, ids = search_segments(
+            loaded,
+            qvecs.astype(np.float32, copy=False),
+            max(q.k for q in queries),
+            metric=metric,  # type: ignore[arg-type]
+            exclude_ids=manifest.tombstones if len(manifest.tombstones) else None,
+        )
+        timings["dense_ms"] = _ms(t)
+        t = time.perf_counter()
+        wanted = {int(i) for row in ids for i in row if i >= 0}
+        with session_scope(self._sessions) as s:
+            docs = documents_by_ids(s, sorted(wanted))
+        timings["fetch_ms"] = _ms(t)
+        timings["total_ms"] = _ms(t_all)
+        results = []
+        for q, row_ids, row_scores in zip(queries, ids, scores, strict=True):
+            hits = [
+                Hit(docs[i].external_id, float(sc), docs[i].text, dict(docs[i].meta or {}))
+                for i, sc in zip(row_ids[: q.k].tolist(), row_scores[: q.k].tolist(), strict=True)
+                if i >= 0 and i in docs  # deleted after the manifest read: never shown
+            ]
+            results.append(SearchResult(hits, dict(timings)))
+        return results
+
     def search(
         self,
         collection: str,
@@ -128,6 +212,11 @@ class Searcher:
             raise InvalidRequest("The query is empty (only whitespace)")
         if mode not in SEARCH_MODES:
             raise InvalidRequest(f"Invalid mode {mode!r}. Valid modes: {', '.join(SEARCH_MODES)}")
+        if mode == "dense" and not filters and self._serving.batching:
+            result: SearchResult = self._serving.queue(
+                "search", self._dense_batch, lambda q: estimate_tokens((q.query,), 512)
+            ).call(_DenseQuery(collection, query, k))
+            return result
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
         with session_scope(self._sessions) as s:
@@ -141,7 +230,6 @@ class Searcher:
             allow = filtered_ids(s, coll.id, filters) if filters else None
             cid, metric, model = coll.id, coll.metric, coll.embedder
             bm25_k1, bm25_b = coll.bm25_k1, coll.bm25_b
-        version, names, checksums = manifest.version, manifest.names, manifest.checksums
         tombstones = manifest.tombstones
         timings["manifest_ms"] = _ms(t_all)
         if allow is not None and len(allow) == 0:
@@ -149,12 +237,7 @@ class Searcher:
             return SearchResult([], timings)
 
         t = time.perf_counter()
-        try:
-            loaded = self._cache.get(cid, version, names, checksums=checksums)
-        except SegmentCorrupt as exc:
-            exc.details = {**exc.details, "collection": collection}
-            exc.message = f"Collection {collection!r} is degraded: {exc.message}"
-            raise
+        loaded = self._load(collection, cid, manifest)
         timings["load_ms"] = _ms(t)
         exclude = tombstones if len(tombstones) else None
         depth = max(k, HYBRID_DEPTH) if mode == "hybrid" else k

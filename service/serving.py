@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +236,22 @@ class Serving:
         return batcher
 
     # ------------------------------------------------------------------------- lifecycle
+
+    # ------------------------------------------------------------------------- other queues
+
+    def queue(
+        self, key: str, run: Callable[[list[Any]], Sequence[Any]], cost: Callable[[Any], int]
+    ) -> Batcher[Any, Any]:
+        """The queue named ``key`` (created with the serving limits on first use): for work
+        other than a model's, such as whole dense searches merged per collection."""
+        with self._lock:
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                batcher = Batcher(
+                    key, run, cost=cost, limits=self.limits(), observer=self._observers
+                )
+                self._batchers[key] = batcher
+        return batcher
 
     def health(self) -> dict[str, BatcherHealth]:
         """Each queue's health (wedged, out of memory) by name."""
