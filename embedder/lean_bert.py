@@ -251,16 +251,24 @@ class LeanBert:
         input_ids: Tensor,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        *,
+        unpad: bool = False,
     ) -> Tensor:
-        """``last_hidden_state`` ``(B, L, hidden)`` in the weights' dtype."""
+        """``last_hidden_state`` ``(B, L, hidden)`` in the weights' dtype. ``unpad``: on a
+        CPU, run the layers over real tokens only (see :func:`_forward_unpadded`); padded
+        positions then hold zeros instead of what the model computes there."""
         state = self._current()
         if state.error is not None:
             raise state.error
-        return _forward(state, input_ids, attention_mask, token_type_ids)
+        return _forward(state, input_ids, attention_mask, token_type_ids, unpad)
 
 
 def _forward(
-    state: _State, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
+    state: _State,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    token_type_ids: Tensor | None,
+    unpad: bool = False,
 ) -> Tensor:
     batch, length = input_ids.shape
     word, position, token_type, ln_w, ln_b, eps = state.embeddings
@@ -272,6 +280,13 @@ def _forward(
     types = token_type[0] if token_type_ids is None else F.embedding(token_type_ids, token_type)
     x = F.embedding(input_ids, word) + types + position[:length]
     x = F.layer_norm(x, ln_w.shape, ln_w, ln_b, eps)
+    if (
+        unpad
+        and attention_mask is not None
+        and input_ids.device.type == "cpu"
+        and not bool(attention_mask.all())
+    ):
+        return _forward_unpadded(state, x, attention_mask.bool())
     # Keys a query may attend to, broadcast over heads and queries: built once per forward.
     mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
     for (
@@ -291,6 +306,42 @@ def _forward(
         h = F.gelu(F.linear(x, iw, ib), approximate=approx)
         x = F.layer_norm(F.linear(h, fw, fb) + x, n2w.shape, n2w, n2b, n2eps)
     return x
+
+
+def _forward_unpadded(state: _State, x: Tensor, valid: Tensor) -> Tensor:
+    """The layers over the real tokens only, for a padded batch on a CPU.
+
+    Every projection and the feed-forward block act token by token, so they run on the
+    ``(tokens, hidden)`` matrix of real tokens; only attention needs the padded ``(B, L)``
+    layout, and gets it by a scatter and a gather. On a CPU the matrix products are the
+    whole cost and padding is paid in full, so this saves what padding would cost (a batch
+    of short queries planned with ``min_fill`` 0.75 may be a quarter padding). Padded
+    positions of the output are zero (pooling ignores them)."""
+    batch, length, hidden = x.shape
+    where = valid.reshape(-1).nonzero().squeeze(1)
+    x = x.reshape(batch * length, hidden).index_select(0, where)
+    mask = valid[:, None, None, :]
+
+    def padded(t: Tensor, heads: int, size: int) -> Tensor:
+        out = t.new_zeros(batch * length, heads * size).index_copy_(0, where, t)
+        return out.view(batch, length, heads, size).transpose(1, 2)
+
+    for (
+        qw, qb, kw, kb, vw, vb,
+        heads, size, scale,
+        ow, ob, n1w, n1b, n1eps,
+        iw, ib, approx,
+        fw, fb, n2w, n2b, n2eps,
+    ) in state.layers:  # fmt: skip
+        q = padded(F.linear(x, qw, qb), heads, size)
+        k = padded(F.linear(x, kw, kb), heads, size)
+        v = padded(F.linear(x, vw, vb), heads, size)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        a = a.transpose(1, 2).reshape(batch * length, heads * size).index_select(0, where)
+        x = F.layer_norm(F.linear(a, ow, ob) + x, n1w.shape, n1w, n1b, n1eps)
+        h = F.gelu(F.linear(x, iw, ib), approximate=approx)
+        x = F.layer_norm(F.linear(h, fw, fb) + x, n2w.shape, n2w, n2b, n2eps)
+    return x.new_zeros(batch * length, hidden).index_copy_(0, where, x).view(batch, length, hidden)
 
 
 # One LeanBert per model, dropped with the model.
@@ -408,8 +459,12 @@ def sentence_features(model: Any, features: dict[str, Tensor]) -> dict[str, Any]
     lean = encoder_for(bert) if bert is not None else None
     if lean is None:
         return model.forward(features)
+    # Pooling reads real tokens only (it masks the rest), so padding need not be computed.
     features["token_embeddings"] = lean(
-        features["input_ids"], features.get("attention_mask"), features.get("token_type_ids")
+        features["input_ids"],
+        features.get("attention_mask"),
+        features.get("token_type_ids"),
+        unpad=True,
     )
     out: dict[str, Any] = features
     for module in list(model._modules.values())[1:]:

@@ -116,7 +116,13 @@ def test_minilm_sentence_features_equal_sentence_transformers(
         ref = st.forward(dict(enc))
         _refuse_hf_forward(monkeypatch, st[0].model)
         out = lean_bert.sentence_features(st, dict(enc))
-        torch.testing.assert_close(out["token_embeddings"], ref["token_embeddings"])
+        # Real tokens only: on a CPU the lean forward skips padded positions (zeros there).
+        real = enc["attention_mask"].bool()
+        assert bool((~real).any())  # the batch has padding
+        torch.testing.assert_close(
+            out["token_embeddings"][real], ref["token_embeddings"][real], atol=1e-5, rtol=1e-5
+        )
+        assert not out["token_embeddings"][~real].any()
         torch.testing.assert_close(
             out["sentence_embedding"], ref["sentence_embedding"], atol=1e-6, rtol=0
         )
@@ -138,6 +144,20 @@ def test_tiny_bert_equals_hugging_face(tiny_dirs: dict[str, Path], act: str) -> 
         _assert_close_on_tokens(lean(ids, mask, types), _hf(bert, ids, mask, types), mask)
         # No mask at all: every position attends to every other.
         torch.testing.assert_close(lean(ids), bert(input_ids=ids).last_hidden_state)
+
+
+def test_unpadded_layers_give_the_real_tokens_the_same_states(tiny_dirs: dict[str, Path]) -> None:
+    bert = _tiny_bert(tiny_dirs["bert"])
+    ids, mask, types = _batch(bert.config.vocab_size, [3, 17, 9, 1, 17, 2])
+    lean = LeanBert(bert)
+    with torch.no_grad():
+        out = lean(ids, mask, types, unpad=True)
+        _assert_close_on_tokens(out, lean(ids, mask, types), mask)
+        _assert_close_on_tokens(out, _hf(bert, ids, mask, types), mask)
+        assert not out[~mask.bool()].any()  # padding is not computed: zeros
+        # Without padding there is nothing to skip: the same numbers as the padded path.
+        full = torch.ones_like(mask)
+        torch.testing.assert_close(lean(ids, full, unpad=True), lean(ids, full), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
