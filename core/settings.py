@@ -147,8 +147,10 @@ class ServingSettings(BaseModel):
     # model with waiting work and no completed batch for this long makes /readyz fail.
     timeout_s: float = Field(10.0, gt=0)
     retry_after_s: int = Field(1, ge=1)
-    # Worker threads per model: two let one batch be prepared while the other runs.
-    workers: int = Field(2, ge=1, le=8)
+    # Worker threads per queue: on a GPU two let one batch be prepared while the other runs;
+    # on a CPU that overlap buys nothing (the same cores do both) and a second batch waiting
+    # behind the first only lengthens the queue, so unset means 2 on CUDA and 1 on a CPU.
+    workers: int | None = Field(None, ge=1, le=8)
     # Threads for the blocking routes (search, rerank, ingest); they wait on the queues.
     threads: int = Field(128, ge=1)
 

@@ -170,7 +170,7 @@ class Searcher:
         request = EmbedRequest(
             tuple(q.query for q in queries), kind="query", normalize=False, count=False
         )
-        qvecs = self._serving.embed(model, request).vectors
+        qvecs = self._serving.embed_batch(model, request).vectors
         timings["embed_ms"] = _ms(t)
         t = time.perf_counter()
         scores, ids = search_segments(

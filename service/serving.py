@@ -142,8 +142,17 @@ class Serving:
         """Send queue metrics to ``observer`` (the API's Prometheus metrics)."""
         self._observers.target = observer
 
-    def limits(self, max_tokens: int | None = None) -> BatcherLimits:
+    def limits(self, device: str | None = None) -> BatcherLimits:
+        """The queue limits from the settings; ``device`` (the model's; None: CUDA if there
+        is one) picks the default number of workers."""
         s = self.settings
+        workers = s.workers
+        if workers is None:
+            if device is None:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            workers = 2 if device.startswith("cuda") else 1
         return BatcherLimits(
             max_batch_cost=s.batch_tokens,
             max_batch_items=s.max_batch_requests,
@@ -152,7 +161,7 @@ class Serving:
             max_queue_cost=s.max_queue_tokens,
             timeout_s=s.timeout_s,
             retry_after_s=float(s.retry_after_s),
-            workers=s.workers,
+            workers=workers,
         )
 
     # ------------------------------------------------------------------------- embedding
@@ -164,6 +173,11 @@ class Serving:
             return embed_now(embedder, request)
         result: Embedded = self._embed_batcher(model, embedder).call(request)
         return result
+
+    def embed_batch(self, model: str, request: EmbedRequest) -> Embedded:
+        """Embed a batch already formed by another queue (the search queue) at once, without
+        queueing it again: admitted once, it is not refused a second time."""
+        return embed_now(self._embedders.get(model), request)
 
     async def aembed(self, model: str, request: EmbedRequest) -> Embedded:
         """Embed through the model's queue without blocking the event loop."""
@@ -187,7 +201,7 @@ class Serving:
                     key,
                     lambda reqs: embed_merged(embedder, reqs),
                     cost=lambda r: estimate_tokens(r.texts, max_len),
-                    limits=self.limits(),
+                    limits=self.limits(getattr(embedder, "device", None)),
                     observer=self._observers,
                 )
                 self._batchers[key] = batcher
@@ -229,7 +243,10 @@ class Serving:
                         estimate_tokens((r.query,), 512) * len(r.documents)
                         + estimate_tokens(r.documents, 512)
                     ),
-                    limits=replace(self.limits(), max_batch_cost=self.settings.rerank_batch_tokens),
+                    limits=replace(
+                        self.limits(getattr(reranker, "device", None)),
+                        max_batch_cost=self.settings.rerank_batch_tokens,
+                    ),
                     observer=self._observers,
                 )
                 self._batchers[key] = batcher
