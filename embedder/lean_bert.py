@@ -420,7 +420,8 @@ def classifier_logits(
     if lean is None:
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-    hidden = lean(input_ids, attention_mask, token_type_ids)
+    # The pooler reads the first token only (always real: inputs are right-padded).
+    hidden = lean(input_ids, attention_mask, token_type_ids, unpad=True)
     return model.classifier(model.dropout(bert.pooler(hidden)))
 
 
