@@ -28,6 +28,7 @@ import functools
 import operator
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,23 +290,14 @@ def _forward(
         return _forward_unpadded(state, x, attention_mask.bool())
     # Keys a query may attend to, broadcast over heads and queries: built once per forward.
     mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-    for (
-        qw, qb, kw, kb, vw, vb,
-        heads, size, scale,
-        ow, ob, n1w, n1b, n1eps,
-        iw, ib, approx,
-        fw, fb, n2w, n2b, n2eps,
-    ) in state.layers:  # fmt: skip
-        split = (batch, length, heads, size)
-        q = F.linear(x, qw, qb).view(split).transpose(1, 2)
-        k = F.linear(x, kw, kb).view(split).transpose(1, 2)
-        v = F.linear(x, vw, vb).view(split).transpose(1, 2)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        a = a.transpose(1, 2).reshape(batch, length, heads * size)
-        x = F.layer_norm(F.linear(a, ow, ob) + x, n1w.shape, n1w, n1b, n1eps)
-        h = F.gelu(F.linear(x, iw, ib), approximate=approx)
-        x = F.layer_norm(F.linear(h, fw, fb) + x, n2w.shape, n2w, n2b, n2eps)
-    return x
+
+    def to_heads(t: Tensor, heads: int, size: int) -> Tensor:
+        return t.view(batch, length, heads, size).transpose(1, 2)
+
+    def from_heads(a: Tensor) -> Tensor:
+        return a.transpose(1, 2).reshape(batch, length, a.shape[1] * a.shape[3])
+
+    return _layers(state, x, mask, to_heads, from_heads)
 
 
 def _forward_unpadded(state: _State, x: Tensor, valid: Tensor) -> Tensor:
@@ -319,13 +311,30 @@ def _forward_unpadded(state: _State, x: Tensor, valid: Tensor) -> Tensor:
     positions of the output are zero (pooling ignores them)."""
     batch, length, hidden = x.shape
     where = valid.reshape(-1).nonzero().squeeze(1)
-    x = x.reshape(batch * length, hidden).index_select(0, where)
-    mask = valid[:, None, None, :]
 
-    def padded(t: Tensor, heads: int, size: int) -> Tensor:
+    def to_heads(t: Tensor, heads: int, size: int) -> Tensor:
         out = t.new_zeros(batch * length, heads * size).index_copy_(0, where, t)
         return out.view(batch, length, heads, size).transpose(1, 2)
 
+    def from_heads(a: Tensor) -> Tensor:
+        flat = a.transpose(1, 2).reshape(batch * length, a.shape[1] * a.shape[3])
+        return flat.index_select(0, where)
+
+    x = x.reshape(batch * length, hidden).index_select(0, where)
+    x = _layers(state, x, valid[:, None, None, :], to_heads, from_heads)
+    return x.new_zeros(batch * length, hidden).index_copy_(0, where, x).view(batch, length, hidden)
+
+
+def _layers(
+    state: _State,
+    x: Tensor,
+    mask: Tensor | None,
+    to_heads: Callable[[Tensor, int, int], Tensor],
+    from_heads: Callable[[Tensor], Tensor],
+) -> Tensor:
+    """The encoder layers over ``x`` (token rows in any layout): ``to_heads`` turns a
+    projection into ``(B, heads, L, size)`` for attention, ``from_heads`` turns attention's
+    output back into ``x``'s layout."""
     for (
         qw, qb, kw, kb, vw, vb,
         heads, size, scale,
@@ -333,15 +342,14 @@ def _forward_unpadded(state: _State, x: Tensor, valid: Tensor) -> Tensor:
         iw, ib, approx,
         fw, fb, n2w, n2b, n2eps,
     ) in state.layers:  # fmt: skip
-        q = padded(F.linear(x, qw, qb), heads, size)
-        k = padded(F.linear(x, kw, kb), heads, size)
-        v = padded(F.linear(x, vw, vb), heads, size)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-        a = a.transpose(1, 2).reshape(batch * length, heads * size).index_select(0, where)
+        q = to_heads(F.linear(x, qw, qb), heads, size)
+        k = to_heads(F.linear(x, kw, kb), heads, size)
+        v = to_heads(F.linear(x, vw, vb), heads, size)
+        a = from_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale))
         x = F.layer_norm(F.linear(a, ow, ob) + x, n1w.shape, n1w, n1b, n1eps)
         h = F.gelu(F.linear(x, iw, ib), approximate=approx)
         x = F.layer_norm(F.linear(h, fw, fb) + x, n2w.shape, n2w, n2b, n2eps)
-    return x.new_zeros(batch * length, hidden).index_copy_(0, where, x).view(batch, length, hidden)
+    return x
 
 
 # One LeanBert per model, dropped with the model.
