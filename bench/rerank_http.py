@@ -1,0 +1,183 @@
+"""Latency of one query's 100 candidates through ``POST /v1/rerank`` on a real server, next to
+the same reranking in-process.
+
+Three timings of the same requests (TREC DL19 BM25 top-100: each query with its 100
+candidates), interleaved so that all see the same machine state:
+
+- ``http``: ``POST /v1/rerank`` to a real ``uvicorn`` server (``python -m cli serve``)
+  over loopback, one request at a time (``top_n`` 10, documents not returned);
+- ``use_case``: :func:`service.rerank.rerank` in this process, through the same composition
+  root, allow-list, limits and per-model serving queue as the server;
+- ``engine``: the reranker's own ``score(query, documents)``.
+
+The model is a cross-encoder directory (``--model``); a plain encoder directory (the
+bundled MiniLM) is first given a one-logit head, as ``rerank_speed.py`` does: speed does not
+depend on the head's weights.
+
+    python bench/rerank_http.py --model MiniLM_DIR --candidates BM25_dl19.json --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import RESULTS, ROOT, summary, write_result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ms(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    stats = {
+        **summary(times),
+        "p99_s": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
+    }
+    return {k.replace("_s", "_ms"): round(v * 1000, 3) for k, v in stats.items() if k != "n"}
+
+
+def _classifier_dir(source: str, tmp: Path) -> str:
+    """``source`` if it is a sequence classifier, else a copy of it with a one-logit head."""
+    config = json.loads((Path(source) / "config.json").read_text())
+    if any(str(a).endswith("ForSequenceClassification") for a in config.get("architectures", [])):
+        return source
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(0)
+    out = tmp / "cross-encoder"
+    AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(source).save_pretrained(out)
+    return str(out)
+
+
+def _wait_ready(client: Any, server: subprocess.Popen[bytes], log: Path) -> None:
+    import httpx
+
+    for _ in range(600):
+        if server.poll() is not None:
+            sys.exit(f"the server exited ({server.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"the server did not get ready:\n{log.read_text()[-3000:]}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="cross-encoder or plain encoder directory")
+    ap.add_argument("--candidates", type=Path, required=True, help="TREC candidates JSON")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--rounds", type=int, default=3, help="passes over the queries")
+    ap.add_argument("--depth", type=int, default=100, help="candidates per query")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = ap.parse_args()
+
+    import httpx
+
+    from core.datasets import load_trec_candidates
+    from core.migrate import upgrade
+    from core.settings import Settings
+    from service import build
+    from service.rerank import rerank
+
+    cands = load_trec_candidates(args.candidates)
+    queries = [
+        (cands.queries[q], [h.content for h in hits][: args.depth])
+        for q, hits in cands.candidates.items()
+        if len(hits) >= args.depth
+    ]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = _classifier_dir(args.model, tmp)
+        env = {
+            **os.environ,
+            "QUARRY_DATA_DIR": str(tmp / "data"),
+            "QUARRY_LOG_LEVEL": "WARNING",
+            "QUARRY_AUTH__MODE": "off",
+            "QUARRY_RERANK__ALLOWED_MODELS": json.dumps([model]),
+            "QUARRY_RERANK__DEVICE": args.device,
+            "QUARRY_RERANK__MAX_DOCUMENT_CHARS": "100000",
+            "QUARRY_EMBEDDER__PRELOAD": "false",
+        }
+        os.environ.update(env)  # the in-process side reads the same settings
+        settings = Settings()
+        upgrade(settings.resolved_database_url)
+        c = build(settings)
+        port = _free_port()
+        log = tmp / "server.log"
+        with log.open("wb") as fh:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "cli", "serve", "--port", str(port), "--no-migrate"],
+                env=env,
+                cwd=ROOT,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+            _wait_ready(client, server, log)
+            engine = c.rerankers.get(model)
+
+            def http(q: str, docs: list[str]) -> None:
+                body = {"model": model, "query": q, "documents": docs, "top_n": 10}
+                client.post("/v1/rerank", json=body).raise_for_status()
+
+            def use_case(q: str, docs: list[str]) -> None:
+                rerank(c, q, docs, model=model, top_n=10)
+
+            def bare(q: str, docs: list[str]) -> None:
+                engine.score(q, docs)
+
+            sides = {"http": http, "use_case": use_case, "engine": bare}
+            times: dict[str, list[float]] = {name: [] for name in sides}
+            for q, docs in queries[:5]:  # warm-up: model loads, kernels, allocator
+                for fn in sides.values():
+                    fn(q, docs)
+            for _ in range(args.rounds):
+                for q, docs in queries:
+                    for name, fn in sides.items():
+                        t0 = time.perf_counter()
+                        fn(q, docs)
+                        times[name].append(time.perf_counter() - t0)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            c.close()
+    stats = {name: _ms(t) for name, t in times.items()}
+    suffix = "cuda" if args.device.startswith("cuda") else "cpu"
+    result = {
+        "what": f"one query with its {args.depth} DL19 BM25 candidates per request, sequential",
+        "model": "MiniLM-L6 cross-encoder (one-logit head)",
+        "device": args.device,
+        "requests_per_side": len(times["http"]),
+        "latency_ms": stats,
+        "http_overhead_p50_ms": round(stats["http"]["median_ms"] - stats["engine"]["median_ms"], 3),
+        "goal_p50_under_10ms": {
+            name: stats[name]["median_ms"] <= 10.0 for name in ("http", "engine")
+        },
+    }
+    path = write_result(f"rerank_http_{suffix}", result, out=args.out_dir)
+    print(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
