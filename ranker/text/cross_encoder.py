@@ -12,6 +12,7 @@ MiniLM-L6) topped with a new one-output head.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,15 @@ import numpy as np
 import torch
 
 from core.errors import InvalidRequest
+from embedder import lean_bert
 from embedder.lean_bert import classifier_logits
 from embedder.tokenizing import FastTokenizer
 from ranker.text.backbones import ResolvedBackbone, load_pretrained, load_tokenizer
 from ranker.text.config import KindOptions
+from ranker.text.graphs import GraphCaptureError, GraphedLogits
 from ranker.text.model import PairRerankModel, pad_sequences, register_model
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,6 +119,9 @@ class CrossEncoderModel(PairRerankModel):
         limit = getattr(model.config, "max_position_embeddings", None) or options.max_length
         self.max_length = min(options.max_length, int(limit))
         self.template = PairTemplate.learn(tokenizer)
+        #: Replay the forward as CUDA graphs on CUDA (ranker.text.graphs); off: eager.
+        self.cuda_graphs = True
+        self._graphs: tuple[tuple[int, ...], GraphedLogits] | None = None
         # Ids without special tokens (the template adds them), whole and cut at max_length,
         # straight from the Rust backend where there is one (embedder.tokenizing).
         self._whole = FastTokenizer(tokenizer, max_length=None, special_tokens=False)
@@ -182,9 +190,45 @@ class CrossEncoderModel(PairRerankModel):
         types = None
         if pairs.token_type_ids is not None:
             types, _ = pad_sequences([pairs.token_type_ids[i] for i in rows], 0, device)
-        # A BERT classifier in eval mode takes the lean encoder forward (same logits).
-        logits = classifier_logits(self.model, ids, mask.long(), types).float()
+        logits = self._logits(ids, mask.long(), types).float()
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
+
+    def _logits(
+        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The classifier's logits: a BERT classifier in eval mode takes the lean encoder
+        forward (same logits), and on CUDA, outside autograd, replays it as a CUDA graph."""
+        graphed = self._graphed(ids)
+        if graphed is not None:
+            try:
+                return graphed(ids, mask, types)
+            except GraphCaptureError:
+                logger.warning("CUDA graphs are off for %s", self.source, exc_info=True)
+                self.cuda_graphs = False
+        return classifier_logits(self.model, ids, mask, types)
+
+    def _graphed(self, ids: torch.Tensor) -> GraphedLogits | None:
+        """The graphs for the model's current weights, or None where they do not apply."""
+        if (
+            not self.cuda_graphs
+            or ids.device.type != "cuda"
+            or self.model.training
+            or torch.is_grad_enabled()
+            or not lean_bert.supports(self.model)
+        ):
+            return None
+        # Graphs read the parameters' memory: a move or dtype change means new graphs.
+        weights = tuple(p.data_ptr() for p in self.model.parameters())
+        if self._graphs is None or self._graphs[0] != weights:
+            graphs = GraphedLogits(
+                lambda i, m, t: classifier_logits(self.model, i, m, t),
+                pad_id=self.pad_id,
+                max_length=self.max_length,
+                device=ids.device,
+            )
+            self._graphs = (weights, graphs)
+        graphs = self._graphs[1]
+        return graphs if graphs.fits(*ids.shape) else None
 
     @property
     def pad_id(self) -> int:

@@ -1,0 +1,165 @@
+"""A sequence classifier's logits through fixed-shape buffers, replayed as CUDA graphs.
+
+Scoring one query's 100 candidates with the MiniLM cross-encoder is about a hundred small
+kernels; on an H200 launching them from Python took most of the forward's 4.5 ms per query
+(``bench/results/encoder_profile_cuda.json``), far more than the GPU work. A CUDA graph
+replays them with one launch, but only at the shapes it was captured with, so
+:class:`GraphedLogits` pads a batch to a bucket: rows to the next multiple of
+:data:`ROW_STEP` (up to :data:`MAX_ROWS`), tokens to the next multiple of
+:data:`LENGTH_STEP`. Padded tokens are masked; padded rows hold one unmasked pad token (so
+no row is fully masked) and their logits are dropped. Each bucket is captured on first use.
+
+All graphs share one memory pool, so memory is that of the largest bucket, not the sum;
+replays are serialised by a lock and each output is copied out before the lock is released
+(a later replay may reuse the memory). The padding and the buffers are plain torch and also
+run without capture (``capture=False``): the CPU tests hold padded logits equal to unpadded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Rows (pairs) of a captured batch are a multiple of this ...
+ROW_STEP = 16
+#: ... up to this many; a larger batch runs eagerly.
+MAX_ROWS = 256
+#: Tokens per row of a captured batch are a multiple of this.
+LENGTH_STEP = 32
+#: Eager runs before a capture (lazy initialisation must not be captured).
+WARMUP_RUNS = 2
+
+
+class GraphCaptureError(RuntimeError):
+    """A batch could not be captured as a CUDA graph (the caller runs eagerly)."""
+
+
+Logits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def bucket(n: int, step: int) -> int:
+    """``n`` rounded up to a multiple of ``step`` (at least ``step``)."""
+    return max(step, -(-n // step) * step)
+
+
+class _Captured:
+    """The input buffers of one bucket and how to fill its output buffer."""
+
+    def __init__(self, rows: int, length: int, with_types: bool, device: torch.device) -> None:
+        self.ids = torch.zeros((rows, length), dtype=torch.long, device=device)
+        self.mask = torch.zeros((rows, length), dtype=torch.long, device=device)
+        self.types = (
+            torch.zeros((rows, length), dtype=torch.long, device=device) if with_types else None
+        )
+        self.out: torch.Tensor | None = None
+        self.run: Callable[[], object] | None = None
+
+
+class GraphedLogits:
+    """``logits(ids, mask, types)`` of batches padded to buckets, one CUDA graph per bucket
+    (``capture=False``: the same buffers, run eagerly). Thread-safe."""
+
+    def __init__(
+        self,
+        logits: Logits,
+        *,
+        pad_id: int,
+        max_length: int,
+        device: torch.device | str,
+        capture: bool = True,
+    ) -> None:
+        self.logits = logits
+        self.pad_id = pad_id
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.capture = capture
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[int, int, bool], _Captured] = {}
+        self._pool: Any = torch.cuda.graph_pool_handle() if capture else None
+
+    def fits(self, rows: int, length: int) -> bool:
+        """Whether a batch of this shape runs through a bucket (else: eagerly)."""
+        return 0 < rows <= MAX_ROWS and 0 < length <= self.max_length
+
+    def captured(self) -> list[tuple[int, int]]:
+        """``(rows, length)`` of the buckets made so far."""
+        return sorted({(r, n) for r, n, _ in self._buckets})
+
+    def __call__(
+        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The logits of the ``ids.shape[0]`` rows (a new tensor)."""
+        rows, length = ids.shape
+        if not self.fits(rows, length):
+            raise ValueError(f"a batch of {rows} x {length} tokens fits no bucket")
+        shape = (
+            bucket(rows, ROW_STEP),
+            min(bucket(length, LENGTH_STEP), self.max_length),
+            types is not None,
+        )
+        with self._lock:
+            slot = self._buckets.get(shape)
+            if slot is None:
+                slot = _Captured(*shape, self.device)
+                self._buckets[shape] = slot
+            self._fill(slot, ids, mask, types)
+            if slot.run is None:
+                self._prepare(slot, shape)
+            assert slot.run is not None and slot.out is not None
+            slot.run()
+            return slot.out[:rows].clone()
+
+    def _fill(
+        self,
+        slot: _Captured,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        types: torch.Tensor | None,
+    ) -> None:
+        rows, length = ids.shape
+        slot.ids.fill_(self.pad_id)
+        slot.mask.zero_()
+        slot.mask[rows:, 0] = 1  # padded rows: one visible pad token, never all masked
+        slot.ids[:rows, :length].copy_(ids)
+        slot.mask[:rows, :length].copy_(mask)
+        if slot.types is not None:
+            assert types is not None
+            slot.types.zero_()
+            slot.types[:rows, :length].copy_(types)
+
+    def _prepare(self, slot: _Captured, shape: tuple[int, int, bool]) -> None:
+        def step() -> torch.Tensor:
+            return self.logits(slot.ids, slot.mask, slot.types)
+
+        if not self.capture:
+
+            def eager() -> None:
+                slot.out = step()
+
+            slot.run = eager
+            slot.out = step()
+            return
+        try:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_RUNS):
+                    step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: another thread's CUDA calls do not break this capture.
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                slot.out = step()
+        except Exception as exc:
+            del self._buckets[shape]
+            raise GraphCaptureError(
+                f"capturing the classifier at {shape[0]} x {shape[1]} tokens failed: {exc}"
+            ) from exc
+        slot.run = graph.replay
+        logger.debug("captured the classifier at %d rows x %d tokens", shape[0], shape[1])
