@@ -32,6 +32,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# As `quarry serve` does (cli/main.py): idle OpenMP threads sleep, so the server and this
+# process do not spin against each other on a CPU, and both sides run alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench.harness import RESULTS, ROOT, summary, write_result
 
