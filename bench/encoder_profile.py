@@ -22,26 +22,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import cuda_sync, read_texts, write_result
+from bench.harness import read_texts, time_fn, write_result
 
 
 def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    cuda_sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        cuda_sync()
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times) * 1000, 3)
+    return round(statistics.median(time_fn(fn, warmup=1, repeats=repeats)) * 1000, 3)
 
 
 def _bulk(args: argparse.Namespace, out: dict[str, Any]) -> None:

@@ -22,27 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # As `quarry serve` does (cli/main.py): idle OpenMP threads sleep, so the server and this
 # process do not spin against each other on a CPU, and both sides run alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench.harness import RESULTS, ROOT, summary, write_result
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from bench.harness import RESULTS, summary, write_result
+from bench.http_load import quarry_server
 
 
 def _ms(times: list[float]) -> dict[str, float]:
@@ -67,21 +59,6 @@ def _classifier_dir(source: str, tmp: Path) -> str:
     AutoModelForSequenceClassification.from_pretrained(source, num_labels=1).save_pretrained(out)
     AutoTokenizer.from_pretrained(source).save_pretrained(out)
     return str(out)
-
-
-def _wait_ready(client: Any, server: subprocess.Popen[bytes], log: Path) -> None:
-    import httpx
-
-    for _ in range(600):
-        if server.poll() is not None:
-            sys.exit(f"the server exited ({server.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if client.get("/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"the server did not get ready:\n{log.read_text()[-3000:]}")
 
 
 def main() -> None:
@@ -112,9 +89,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         model = _classifier_dir(args.model, tmp)
         env = {
-            **os.environ,
             "QUARRY_DATA_DIR": str(tmp / "data"),
-            "QUARRY_LOG_LEVEL": "WARNING",
             "QUARRY_AUTH__MODE": "off",
             "QUARRY_RERANK__ALLOWED_MODELS": json.dumps([model]),
             "QUARRY_RERANK__DEVICE": args.device,
@@ -125,51 +100,42 @@ def main() -> None:
         settings = Settings()
         upgrade(settings.resolved_database_url)
         c = build(settings)
-        port = _free_port()
-        log = tmp / "server.log"
-        with log.open("wb") as fh:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "cli", "serve", "--port", str(port), "--no-migrate"],
-                env=env,
-                cwd=ROOT,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-            )
+        server = quarry_server(
+            "quarry", tmp / "data", tmp, batching=settings.serving.batching, extra_env=env
+        )
         try:
-            client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-            _wait_ready(client, server, log)
-            engine = c.rerankers.get(model)
+            with server:  # waits for /readyz; stops the server on the way out
+                client = httpx.Client(base_url=server.base_url, timeout=120)
+                engine = c.rerankers.get(model)
 
-            server_ms: list[float] = []
+                server_ms: list[float] = []
 
-            def http(q: str, docs: list[str]) -> None:
-                body = {"model": model, "query": q, "documents": docs, "top_n": 10}
-                response = client.post("/v1/rerank", json=body)
-                response.raise_for_status()
-                # The server's own time inside the use case (queue + scoring): the rest of
-                # a request's latency is HTTP, validation and the route.
-                server_ms.append(float(response.json()["timings"]["rerank_ms"]))
+                def http(q: str, docs: list[str]) -> None:
+                    body = {"model": model, "query": q, "documents": docs, "top_n": 10}
+                    response = client.post("/v1/rerank", json=body)
+                    response.raise_for_status()
+                    # The server's own time inside the use case (queue + scoring): the rest of
+                    # a request's latency is HTTP, validation and the route.
+                    server_ms.append(float(response.json()["timings"]["rerank_ms"]))
 
-            def use_case(q: str, docs: list[str]) -> None:
-                rerank(c, q, docs, model=model, top_n=10)
+                def use_case(q: str, docs: list[str]) -> None:
+                    rerank(c, q, docs, model=model, top_n=10)
 
-            def bare(q: str, docs: list[str]) -> None:
-                engine.score(q, docs)
+                def bare(q: str, docs: list[str]) -> None:
+                    engine.score(q, docs)
 
-            sides = {"http": http, "use_case": use_case, "engine": bare}
-            times: dict[str, list[float]] = {name: [] for name in sides}
-            for q, docs in queries[:5]:  # warm-up: model loads, kernels, allocator
-                for fn in sides.values():
-                    fn(q, docs)
-            for _ in range(args.rounds):
-                for q, docs in queries:
-                    for name, fn in sides.items():
-                        t0 = time.perf_counter()
+                sides = {"http": http, "use_case": use_case, "engine": bare}
+                times: dict[str, list[float]] = {name: [] for name in sides}
+                for q, docs in queries[:5]:  # warm-up: model loads, kernels, allocator
+                    for fn in sides.values():
                         fn(q, docs)
-                        times[name].append(time.perf_counter() - t0)
+                for _ in range(args.rounds):
+                    for q, docs in queries:
+                        for name, fn in sides.items():
+                            t0 = time.perf_counter()
+                            fn(q, docs)
+                            times[name].append(time.perf_counter() - t0)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
             c.close()
     stats = {name: _ms(t) for name, t in times.items()}
     suffix = "cuda" if args.device.startswith("cuda") else "cpu"

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ranker.ctr.models import VALID, State
+from ranker.cuda_graphs import capture
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ CANDIDATE_BUCKETS = (64, 128, 256, 512, 1024)
 
 #: The fewest rows a growing state is padded to.
 MIN_LENGTH_BUCKET = 64
-
-#: Eager runs before a capture (lazy initialisation, e.g. cuBLAS handles, must not be
-#: captured).
-WARMUP_RUNS = 2
 
 #: The module's score path: state tensors and candidate rows -> logits.
 ScoreForward = Callable[[State, torch.Tensor], torch.Tensor]
@@ -199,16 +196,7 @@ class PaddedScorer:
             probs = torch.empty(bucket, dtype=torch.float32, device=self.device)
             return (lambda: probs.copy_(step())), probs
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_RUNS):
-                    step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's CUDA calls do not break this capture.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                probs = step()
+            graph, probs = capture(step, self.device)
         except Exception as exc:
             raise GraphCaptureError(
                 f"capturing {bucket} candidates x {padded} rows failed: {exc}"

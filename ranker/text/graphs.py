@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ranker.cuda_graphs import capture
+
 logger = logging.getLogger(__name__)
 
 #: Rows (pairs) of a captured batch are a multiple of this ...
@@ -32,8 +34,6 @@ ROW_STEP = 16
 MAX_ROWS = 256
 #: Tokens per row of a captured batch are a multiple of this.
 LENGTH_STEP = 32
-#: Eager runs before a capture (lazy initialisation must not be captured).
-WARMUP_RUNS = 2
 
 
 class GraphCaptureError(RuntimeError):
@@ -146,16 +146,7 @@ class GraphedLogits:
             slot.out = step()
             return
         try:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_RUNS):
-                    step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: another thread's CUDA calls do not break this capture.
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-                slot.out = step()
+            graph, slot.out = capture(step, self.device, pool=self._pool)
         except Exception as exc:
             del self._buckets[shape]
             raise GraphCaptureError(

@@ -35,6 +35,17 @@ def _batch(vocab: int, lengths: list[int], seed: int) -> tuple[torch.Tensor, ...
     return ids, mask.long(), types
 
 
+def _eager(classifier: Any) -> GraphedLogits:
+    """The bucketed path over ``classifier``, run without capture."""
+    return GraphedLogits(
+        lambda i, m, ty: classifier_logits(classifier, i, m, ty),
+        pad_id=0,
+        max_length=128,
+        device="cpu",
+        capture=False,
+    )
+
+
 def test_bucket_rounds_up_to_the_step() -> None:
     assert [bucket(n, 16) for n in (1, 16, 17, 100, 128)] == [16, 16, 32, 112, 128]
 
@@ -50,13 +61,7 @@ def test_padded_logits_equal_unpadded(
 ) -> None:
     ids, mask, types = _batch(classifier.config.vocab_size, lengths, seed=len(lengths))
     t = types if with_types else None
-    graphed = GraphedLogits(
-        lambda i, m, ty: classifier_logits(classifier, i, m, ty),
-        pad_id=0,
-        max_length=128,
-        device="cpu",
-        capture=False,
-    )
+    graphed = _eager(classifier)
     with torch.inference_mode():
         ref = classifier_logits(classifier, ids, mask, t)
         got = graphed(ids, mask, t)
@@ -70,13 +75,7 @@ def test_padded_logits_equal_unpadded(
 
 def test_buckets_are_reused_and_a_smaller_batch_is_not_polluted(classifier: Any) -> None:
     """A big batch then a small one in the same bucket: the small one's padding is reset."""
-    graphed = GraphedLogits(
-        lambda i, m, ty: classifier_logits(classifier, i, m, ty),
-        pad_id=0,
-        max_length=128,
-        device="cpu",
-        capture=False,
-    )
+    graphed = _eager(classifier)
     big = _batch(classifier.config.vocab_size, [30] * 16, seed=1)
     small = _batch(classifier.config.vocab_size, [7, 12], seed=2)
     with torch.inference_mode():
