@@ -65,7 +65,9 @@ class _TooLarge(Exception):
 
 
 class RequestMetrics:
-    """Count and time requests by their route template (not the raw path)."""
+    """Count and time requests by their route template (not the raw path), and tell the client
+    how long the server took until the response started: ``Server-Timing: app;dur=<ms>``
+    (the W3C header; a client's latency less this is network and its own HTTP stack)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -82,6 +84,9 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                took = (time.perf_counter() - start) * 1000.0
+                headers = [*message.get("headers", []), (b"server-timing", b"app;dur=%.3f" % took)]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:

@@ -45,6 +45,16 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _digest(authorization: str | None) -> str:
+    """The hash of a ``Bearer <key>`` header's key; :class:`Unauthorized` without one."""
+    if not authorization or authorization[:7].lower() != "bearer ":
+        raise Unauthorized("Missing bearer API key (Authorization: Bearer <key>)")
+    key = authorization[7:].strip()
+    if not key:
+        raise Unauthorized("Missing bearer API key (Authorization: Bearer <key>)")
+    return hash_key(key)
+
+
 def new_key() -> str:
     return "qry_" + secrets.token_urlsafe(32)
 
@@ -113,22 +123,30 @@ class KeyStore:
 
     def enabled(self) -> bool:
         """Whether keys are required now (see the module docstring for the modes)."""
-        if self._mode == "off":
-            return False
-        if self._mode == "on" or self._static:
-            return True
+        known = self._enabled_cached()
+        if known is not None:
+            return known
         now = time.monotonic()  # taken before the query: an answer is never older than ttl
-        with self._lock:
-            at, value = self._enabled
-            if value:  # once on, on for good in this process
-                return True
-            if now - at <= self._ttl:
-                return value
         with session_scope(self._sessions) as s:
             value = bool(s.scalar(select(exists().where(ApiKey.id.is_not(None)))))
         with self._lock:
             self._enabled = (now, value)
         return value
+
+    def _enabled_cached(self) -> bool | None:
+        """:meth:`enabled` where it is known without a query (None: ask the database)."""
+        if self._mode == "off":
+            return False
+        if self._mode == "on" or self._static:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            at, value = self._enabled
+        if value:  # once on, on for good in this process
+            return True
+        if now - at <= self._ttl:
+            return value
+        return None
 
     def active_keys(self) -> int:
         """Keys that can authenticate now (static plus unrevoked database keys)."""
@@ -137,11 +155,10 @@ class KeyStore:
         return len(self._static) + len(rows)
 
     def _grant(self, digest: str) -> Grant | None:
+        cached = self._grant_cached(digest)
+        if cached is not None:
+            return cached[0]
         now = time.monotonic()
-        with self._lock:
-            cached = self._grants.get(digest)
-            if cached is not None and now - cached[0] <= self._ttl:
-                return cached[1]
         with session_scope(self._sessions) as s:
             row = s.execute(
                 select(ApiKey.scopes, ApiKey.collections).where(
@@ -155,17 +172,21 @@ class KeyStore:
             self._grants[digest] = (now, grant)
         return grant
 
+    def _grant_cached(self, digest: str) -> tuple[Grant | None] | None:
+        """``(grant,)`` when the cache answers (``(None,)``: unknown or revoked), else None."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._grants.get(digest)
+        if cached is not None and now - cached[0] <= self._ttl:
+            return (cached[1],)
+        return None
+
     def authenticate(self, authorization: str | None) -> Grant:
         """The caller's grant (:data:`FULL` while auth is off); raise :class:`Unauthorized`
         for a missing, unknown or revoked key."""
         if not self.enabled():
             return FULL
-        if not authorization or authorization[:7].lower() != "bearer ":
-            raise Unauthorized("Missing bearer API key (Authorization: Bearer <key>)")
-        key = authorization[7:].strip()
-        if not key:
-            raise Unauthorized("Missing bearer API key (Authorization: Bearer <key>)")
-        digest = hash_key(key)
+        digest = _digest(authorization)
         if any(hmac.compare_digest(digest, h) for h in self._static):
             return FULL
         grant = self._grant(digest)
@@ -173,11 +194,41 @@ class KeyStore:
             raise Unauthorized("Invalid or revoked API key")
         return grant
 
+    def authenticate_cached(self, authorization: str | None) -> Grant | None:
+        """:meth:`authenticate` without a database query, for callers on an event loop: the
+        grant when auth is off, the key is a static one or the answer is cached
+        (``QUARRY_AUTH__CACHE_S``), raising as :meth:`authenticate` does; None when only the
+        database can answer (then call :meth:`authenticate` on a worker thread)."""
+        enabled = self._enabled_cached()
+        if enabled is None:
+            return None
+        if not enabled:
+            return FULL
+        digest = _digest(authorization)
+        if any(hmac.compare_digest(digest, h) for h in self._static):
+            return FULL
+        cached = self._grant_cached(digest)
+        if cached is None:
+            return None
+        if cached[0] is None:
+            raise Unauthorized("Invalid or revoked API key")
+        return cached[0]
+
     def check(self, authorization: str | None, scope: str, collection: str | None = None) -> Grant:
         """Raise unless auth is off or the bearer key grants ``scope`` on ``collection``
         (``None``: a route that names no collection). Returns the key's grant."""
         grant = self.authenticate(authorization)
         grant.require(scope, collection)
+        return grant
+
+    def check_cached(
+        self, authorization: str | None, scope: str, collection: str | None = None
+    ) -> Grant | None:
+        """:meth:`check` without a database query (:meth:`authenticate_cached`); None when
+        only the database can answer."""
+        grant = self.authenticate_cached(authorization)
+        if grant is not None:
+            grant.require(scope, collection)
         return grant
 
 

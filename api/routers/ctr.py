@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContainerDep, ReadScope, WriteScope
 from api.schemas import (
@@ -90,9 +91,10 @@ def user_events(
 
 
 @router.post("/ctr/score", dependencies=[ReadScope])
-def score(body: CTRScoreRequest, c: ContainerDep) -> CTRScoreResponse:
+async def score(body: CTRScoreRequest, c: ContainerDep) -> CTRScoreResponse:
     """Click probabilities of candidate items for a user, from the user's encoded history."""
-    result = use.score(c, body.user_id, body.items, model=body.model)
+    # Async with the use case on a worker thread: one thread hop (a sync route takes two).
+    result = await run_in_threadpool(use.score, c, body.user_id, body.items, model=body.model)
     return CTRScoreResponse(
         model=result.model,
         kind=result.kind,

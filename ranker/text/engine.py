@@ -3,10 +3,12 @@
 One loop serves every kind. A call tokenises the query's documents once
 (:meth:`~ranker.text.model.RerankModel.prepare`), plans batches by a token budget with
 :func:`embedder.batching.plan_batches` (longest first, so each batch holds texts of similar
-length and little compute goes to padding), scores each batch under ``torch.inference_mode``
-and scatters the scores back to input order; results do not depend on the batching. On CUDA the
-model runs in bf16 (fp16 where bf16 is unsupported); the kinds keep their precision-critical
-arithmetic (normalisation, similarities, kernels, the yes/no logits) in float32.
+length and little compute goes to padding; on a GPU :func:`embedder.batching.plan_bucketed`,
+which weighs the padding of CUDA-graph buckets against the cost of a pass), scores each batch
+under ``torch.inference_mode`` and scatters the scores back to input order; results do not
+depend on the batching. On CUDA the model runs in bf16 (fp16 where bf16 is unsupported); the
+kinds keep their precision-critical arithmetic (normalisation, similarities, kernels, the
+yes/no logits) in float32.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import numpy as np
 import torch
 
 from embedder.base import resolve_device
-from embedder.batching import plan_batches
+from embedder.batching import plan_batches, plan_bucketed
 from ranker.text.base import check_inputs
+from ranker.text.graphs import LENGTH_STEP, ROW_STEP
 from ranker.text.model import PairRerankModel, RerankModel
 from ranker.text.registry import LoadOptions
 
@@ -35,6 +38,11 @@ CPU_MIN_FILL = 0.75
 #: Pairs tokenised per step of :meth:`ModelReranker.score_many` (the next step's tokenising
 #: overlaps this one's forward passes).
 PAIRS_PER_CHUNK = 1024
+
+#: On a GPU, what one more forward pass is worth in padded tokens (its launches and copies):
+#: a query's candidates are cut into batches of similar length only where the padding saved
+#: exceeds this (:func:`embedder.batching.plan_bucketed`).
+CUDA_BATCH_COST = 4096
 
 #: The default token budget on a GPU: a typical query's 100 candidates in one pass (one pass
 #: of 100 x 182 tokens took 9.4 ms per call on an H200 against 13.5 ms in two passes of 16k).
@@ -61,12 +69,25 @@ class ModelReranker:
         self.batch_tokens = options.batch_tokens or (CUDA_BATCH_TOKENS if cuda else 16_384)
         self.max_batch_size = options.max_batch_size
         self.min_fill = CPU_MIN_FILL if self.device == "cpu" else 0.0
+        #: Padded tokens one more pass costs on a GPU (None: plan as on the CPU).
+        self.batch_cost: int | None = CUDA_BATCH_COST if cuda else None
         model.eval()
         model.to(device=self.device, dtype=inference_dtype(self.device))
         logger.info("reranker %s (%s) on %s", name, self.kind, self.device)
 
     def plan(self, lengths: np.ndarray) -> list[np.ndarray]:
-        """Index batches within the token budget, longest texts first."""
+        """Index batches within the token budget, longest texts first; on a GPU, where each
+        batch is padded to a CUDA-graph bucket, cut where that saves more padding than a pass
+        costs."""
+        if self.batch_cost is not None:
+            return plan_bucketed(
+                lengths,
+                batch_tokens=self.batch_tokens,
+                max_batch_size=self.max_batch_size,
+                row_step=ROW_STEP,
+                length_step=LENGTH_STEP,
+                batch_cost=self.batch_cost,
+            )
         return plan_batches(
             lengths,
             batch_tokens=self.batch_tokens,

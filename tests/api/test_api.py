@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import numpy as np
 import pytest
@@ -230,7 +231,13 @@ def test_health_ready_metrics(client: TestClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200
     assert r.json()["checks"]["database"] == "ok" and r.json()["checks"]["models"]
-    client.post("/v1/embed", json={"inputs": ["x"]})
+    t0 = time.perf_counter()
+    r = client.post("/v1/embed", json={"inputs": ["x"]})
+    took_ms = (time.perf_counter() - t0) * 1000
+    # Server-Timing: the server's own time until the response started, within the client's.
+    app, dur = r.headers["server-timing"].split(";")
+    assert app == "app" and 0 < float(dur.removeprefix("dur=")) <= took_ms
+    assert client.get("/nowhere").headers["server-timing"].startswith("app;dur=")  # 404s too
     text = client.get("/metrics").text
     assert 'quarry_http_requests_total{method="POST",route="/v1/embed",status="200"} 1.0' in text
     assert "quarry_embedded_texts_total" in text

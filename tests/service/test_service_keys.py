@@ -280,6 +280,37 @@ def test_without_a_cache_every_check_reads_the_database(
         store.check(bearer(key), "read")
 
 
+def test_check_cached_answers_without_the_database_only_what_the_cache_knows(
+    sqlite_settings: Settings, sessions: sessionmaker[Session], clock: Clock
+) -> None:
+    # The event-loop path (api.deps): None means "ask the database on a worker thread".
+    key = _create(sessions, "k", "read", collections=["kb"])
+    store = _store(sqlite_settings, sessions, cache_s=0.5)
+    assert store.check_cached(bearer(key), "read") is None  # nothing known yet
+    assert store.check(bearer(key), "read", "kb").collections == {"kb"}
+    grant = store.check_cached(bearer(key), "read", "kb")  # now cached: no query
+    assert grant is not None and grant.scopes == {"read"}
+    with pytest.raises(Forbidden):  # the cached grant is still checked
+        store.check_cached(bearer(key), "write")
+    with pytest.raises(Forbidden):
+        store.check_cached(bearer(key), "read", "other")
+    with pytest.raises(Unauthorized):  # auth is known to be on: no key is refused at once
+        store.check_cached(None, "read")
+    _revoke(sessions, "k")
+    clock.now += 0.6  # cache expired: the revocation must be read from the database
+    assert store.check_cached(bearer(key), "read") is None
+    with pytest.raises(Unauthorized):
+        store.check(bearer(key), "read")
+    with pytest.raises(Unauthorized, match="Invalid or revoked"):  # cached as refused
+        store.check_cached(bearer(key), "read")
+
+    assert _store(sqlite_settings, sessions, mode="off").check_cached(None, "admin") is FULL
+    static = _store(sqlite_settings, sessions, api_keys=[STATIC])
+    assert static.check_cached(bearer(STATIC), "admin", "x") is FULL
+    fresh = _store(sqlite_settings, sessions, cache_s=0.5)  # auto: on or off is not known yet
+    assert fresh.check_cached(None, "read") is None
+
+
 # --- create, revoke, list ----------------------------------------------------------------------
 
 
