@@ -257,8 +257,8 @@ def reranker(
     kind: Annotated[
         str,
         typer.Option(
-            help="cross-encoder, late-interaction, knrm, llm, or fusion (weights over "
-            "--components) (docs/methods.md)"
+            help="cross-encoder, late-interaction, knrm, llm, dense (a bi-encoder), or fusion "
+            "(weights over --components) (docs/methods.md)"
         ),
     ] = "cross-encoder",
     components: Annotated[

@@ -39,7 +39,7 @@ BackboneTraining = Literal["frozen", "full", "lora"]
 BACKBONE_TRAINING: tuple[str, ...] = get_args(BackboneTraining)
 
 #: The kinds whose models Quarry builds, trains and saves (``embedder:MODEL`` is not one).
-MODEL_KINDS: tuple[str, ...] = ("cross-encoder", "late-interaction", "knrm", "llm")
+MODEL_KINDS: tuple[str, ...] = ("cross-encoder", "late-interaction", "knrm", "llm", "dense")
 
 
 def check_kind(kind: str) -> str:
@@ -184,6 +184,25 @@ class KNRMOptions(KindOptions):
             raise InvalidRequest("KNRM kernel sigmas must be > 0")
 
 
+@dataclass(frozen=True)
+class DenseOptions(KindOptions):
+    """A bi-encoder: query and document encoded apart, mean-pooled over their attended tokens
+    (special tokens included), L2-normalised; the score is ``scale`` times their cosine.
+    ``max_length`` bounds the document's tokens (256: the bundled MiniLM's own limit) and
+    ``query_length`` the query's."""
+
+    max_length: int = 256
+    query_length: int = 64
+    scale: float = 20.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _at_least("query_length", self.query_length, 4)
+        scale = self.scale
+        if not (isinstance(scale, int | float) and math.isfinite(scale) and scale > 0):
+            raise InvalidRequest(f"Option scale must be a number > 0, got {self.scale!r}")
+
+
 #: The relevance prompt of the LLM kind; ``{query}`` and ``{document}`` are filled in.
 DEFAULT_LLM_PROMPT = (
     "Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer yes or no."
@@ -222,6 +241,7 @@ KIND_OPTIONS: dict[str, type[KindOptions]] = {
     "late-interaction": LateInteractionOptions,
     "knrm": KNRMOptions,
     "llm": LLMPointwiseOptions,
+    "dense": DenseOptions,
 }
 
 #: Backbone each kind starts from unless told otherwise (packaged names).
@@ -230,6 +250,7 @@ DEFAULT_BACKBONES: dict[str, str] = {
     "late-interaction": "all-MiniLM-L6-v2",
     "knrm": "all-MiniLM-L6-v2",
     "llm": "smollm2",
+    "dense": "all-MiniLM-L6-v2",
 }
 
 

@@ -54,6 +54,7 @@ _KIND_MODULES: dict[str, str] = {
     "late-interaction": "ranker.text.late_interaction",
     "knrm": "ranker.text.knrm",
     "llm": "ranker.text.llm_pointwise",
+    "dense": "ranker.text.dense",
 }
 MODEL_CLASSES: dict[str, type[RerankModel]] = {}
 

@@ -94,6 +94,9 @@ KIND_DEFAULTS: dict[str, KindDefaults] = {
     "late-interaction": KindDefaults("full", 1e-5, 1e-3),
     "knrm": KindDefaults("frozen", 1e-4, 5e-2),
     "llm": KindDefaults("lora", 1e-4, 1e-4),
+    # A bi-encoder that already ranks well (the bundled MiniLM) moves gently: 1e-5 in full,
+    # as for late interaction; it has no head.
+    "dense": KindDefaults("full", 1e-5, 1e-4),
 }
 
 

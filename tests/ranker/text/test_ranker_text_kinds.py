@@ -34,8 +34,9 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     ("knrm", {}),
     ("knrm", {"embeddings": "contextual", "activation": "tanh"}),
     ("llm", {"max_length": 96}),
+    ("dense", {"query_length": 12}),
 ]
-IDS = ["cross-encoder", "late-interaction", "knrm-input", "knrm-contextual", "llm"]
+IDS = ["cross-encoder", "late-interaction", "knrm-input", "knrm-contextual", "llm", "dense"]
 
 CPU = LoadOptions(device="cpu")
 
@@ -287,3 +288,24 @@ def test_llm_options_are_checked(tiny_llama: Path) -> None:
         build("llm", {"yes_tokens": ["absolutely certain"]}, tiny_llama, tiny_llama)
     with pytest.raises(InvalidRequest, match="no room"):
         build("llm", {"max_length": 8}, tiny_llama, tiny_llama)
+
+
+def test_untrained_dense_is_the_embedder_stand_in(tiny_bert: Path) -> None:
+    """The dense kind over an encoder, untrained, scores scale x the cosine of mean-pooled,
+    normalised texts: sentence-transformers' bi-encoder (the ``embedder:`` stand-in)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    reranker = serve(create_model("dense", str(tiny_bert), {"scale": 4.0}), "dense", CPU)
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    encoder = AutoModel.from_pretrained(tiny_bert).eval()
+
+    def pooled(texts: list[str], limit: int) -> torch.Tensor:
+        enc = tok(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        with torch.no_grad():
+            states = encoder(**enc).last_hidden_state
+        weights = enc["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((states * weights).sum(1) / weights.sum(1), dim=-1)
+
+    docs = [d for d in DOCS if d]
+    want = 4.0 * (pooled(docs, 256) @ pooled([QUERY], 64)[0])
+    np.testing.assert_allclose(reranker.score(QUERY, docs), want.numpy(), atol=1e-5)

@@ -47,7 +47,7 @@ def test_unknown_names_list_the_valid_ones(tmp_path: Path) -> None:
         load_reranker(str(tmp_path))
     (tmp_path / CONFIG_FILE).write_text(json.dumps({"kind": "monot5", "backbone": "x"}))
     with pytest.raises(
-        InvalidRequest, match="known kinds: cross-encoder, fusion, knrm, late-interaction"
+        InvalidRequest, match="known kinds: cross-encoder, dense, fusion, knrm, late-interaction"
     ):
         load_reranker(str(tmp_path))
     with pytest.raises(InvalidRequest, match="A reranker name is required"):

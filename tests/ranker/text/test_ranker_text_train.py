@@ -63,6 +63,7 @@ TRAINED = [
     ("knrm", {"head_lr": 0.1, "backbone_training": "full", "lr": 1e-2}),
     # A random decoder has to learn to route the match to the answer position: slower.
     ("llm", {"lr": 1e-2, "steps": 150, "lora_r": 16, "lora_dropout": 0.0}),
+    ("dense", {"lr": 1e-3}),
 ]
 
 
@@ -82,7 +83,9 @@ def test_toy_reranker_learns_to_rank_the_planted_document_first(
     assert record["config"]["kind"] == kind and record["steps"] == cfg.steps
     assert record["config"]["backbone_training"] == over.get(
         "backbone_training",
-        {"cross-encoder": "full", "late-interaction": "full", "llm": "lora"}.get(kind),
+        {"cross-encoder": "full", "late-interaction": "full", "llm": "lora", "dense": "full"}.get(
+            kind
+        ),
     )
     # Only a fully trained backbone is copied; otherwise the config points at its source.
     full = record["config"]["backbone_training"] == "full"
