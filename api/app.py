@@ -3,8 +3,9 @@
 ``uvicorn --factory api.app:create_app`` or ``quarry serve``. The lifespan builds the
 container (:func:`service.build`), refuses to start on an unmigrated database or, with
 ``QUARRY_ENV=prod``, without any API key; loads the default embedding model (and the default
-reranker with ``QUARRY_RERANK__PRELOAD``); and in the
-embedded mode resumes interrupted jobs and runs the housekeeping thread (reaper, clean-up).
+reranker with ``QUARRY_RERANK__PRELOAD``, warmed: :meth:`ranker.text.engine.ModelReranker.warm`);
+and in the embedded mode resumes interrupted jobs and runs the housekeeping thread (reaper,
+clean-up).
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.embedder.preload:
                 c.embedders.get(settings.embedder.default_model)
             if settings.rerank.preload:
-                c.rerankers.get(default_reranker(settings))
+                reranker = c.rerankers.get(default_reranker(settings))
+                warm = getattr(reranker, "warm", None)
+                if warm is not None:  # CUDA graphs of common batch shapes, before traffic
+                    await anyio.to_thread.run_sync(warm)
             if settings.resolved_task_mode == "inline":
                 _release_stale_leases(c)
                 housekeeper = _start_embedded_jobs(c)

@@ -140,8 +140,16 @@ def main() -> None:
 
                 def lean_http(q: str, docs: list[str]) -> None:
                     body = {"model": model, "query": q, "documents": docs, "top_n": 10}
-                    lean.request("POST", "/v1/rerank", json.dumps(body).encode(), JSON_HEADERS)
-                    response = lean.getresponse()
+                    data = json.dumps(body).encode()
+                    try:
+                        lean.request("POST", "/v1/rerank", data, JSON_HEADERS)
+                        response = lean.getresponse()
+                    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                        # The server closed the idle connection (uvicorn's 5 s keep-alive: on
+                        # a CPU the other sides take longer than that): connect again.
+                        lean.close()
+                        lean.request("POST", "/v1/rerank", data, JSON_HEADERS)
+                        response = lean.getresponse()
                     payload = response.read()
                     if response.status != 200:
                         raise RuntimeError(f"{response.status}: {payload[:300]!r}")

@@ -207,6 +207,23 @@ class CrossEncoderModel(PairRerankModel):
                 self.cuda_graphs = False
         return classifier_logits(self.model, ids, mask, types)
 
+    def warm(self, rows: int = 128, length: int = 256) -> int:
+        """Capture the CUDA graphs of batches up to ``rows`` pairs x ``length`` tokens now
+        (one query's 100 candidates of passage length fit) instead of in the first requests
+        that need them. Returns how many were captured; 0 where graphs do not apply."""
+        probe = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            graphs = self._graphed(probe)
+            if graphs is None:
+                return 0
+            t = self.template
+            with_types = t.types is not None if t is not None else self._tokenizer_types()
+            return graphs.warm(rows, length, with_types=with_types)
+
+    def _tokenizer_types(self) -> bool:
+        """Whether the tokenizer's own pair encoding gives segment ids."""
+        return self.tokenizer("a", "b").get("token_type_ids") is not None
+
     def _graphed(self, ids: torch.Tensor) -> GraphedLogits | None:
         """The graphs for the model's current weights, or None where they do not apply."""
         if (

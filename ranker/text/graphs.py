@@ -87,6 +87,21 @@ class GraphedLogits:
         """Whether a batch of this shape runs through a bucket (else: eagerly)."""
         return 0 < rows <= MAX_ROWS and 0 < length <= self.max_length
 
+    def warm(self, rows: int, length: int, *, with_types: bool) -> int:
+        """Capture every bucket of at most ``rows`` x ``length`` tokens now, ahead of traffic
+        (otherwise a bucket's first use captures it inside a request). Returns how many were
+        new."""
+        made = 0
+        for r in range(ROW_STEP, min(rows, MAX_ROWS) + 1, ROW_STEP):
+            for n in range(LENGTH_STEP, min(length, self.max_length) + 1, LENGTH_STEP):
+                if (r, n, with_types) in self._buckets:
+                    continue
+                ids = torch.full((r, n), self.pad_id, dtype=torch.long, device=self.device)
+                mask = torch.ones_like(ids)
+                self(ids, mask, torch.zeros_like(ids) if with_types else None)
+                made += 1
+        return made
+
     def captured(self) -> list[tuple[int, int]]:
         """``(rows, length)`` of the buckets made so far."""
         return sorted({(r, n) for r, n, _ in self._buckets})

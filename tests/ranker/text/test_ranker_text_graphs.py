@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from embedder.lean_bert import classifier_logits
+from ranker.text import LoadOptions
 from ranker.text.graphs import LENGTH_STEP, MAX_ROWS, ROW_STEP, GraphedLogits, bucket
+from ranker.text.loaders import serve
 from tests.ranker.text.conftest import make_tiny_bert
 
 
@@ -95,6 +97,20 @@ def test_shapes_outside_the_buckets_are_refused(classifier: Any) -> None:
         graphed(torch.zeros((4, 65), dtype=torch.long), torch.ones((4, 65)), None)
 
 
+def test_warm_makes_every_bucket_up_to_the_limits_once(classifier: Any) -> None:
+    graphed = GraphedLogits(
+        lambda i, m, t: classifier_logits(classifier, i, m, t),
+        pad_id=0,
+        max_length=80,
+        device="cpu",
+        capture=False,
+    )
+    assert graphed.warm(33, 100, with_types=True) == 2 * 2  # rows 16, 32 x tokens 32, 64
+    assert graphed.captured() == [(16, 32), (16, 64), (32, 32), (32, 64)]
+    assert graphed.warm(33, 100, with_types=True) == 0  # already there
+    assert graphed.warm(16, 32, with_types=False) == 1  # without segment ids: its own bucket
+
+
 def test_the_cross_encoder_stays_eager_off_cuda(tmp_path: Path) -> None:
     from ranker.text.model import create_model
 
@@ -104,6 +120,8 @@ def test_the_cross_encoder_stays_eager_off_cuda(tmp_path: Path) -> None:
     with torch.inference_mode():
         scores = model.score_prepared(prepared, np.arange(2))
     assert scores.shape == (2,) and model._graphs is None
+    assert model.warm() == 0  # nothing to capture on the CPU
+    assert serve(model, "cpu", LoadOptions(device="cpu")).warm() == 0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -121,3 +139,6 @@ def test_captured_scores_equal_eager_on_cuda(tmp_path: Path) -> None:
         eager = model.score_prepared(prepared, rows)
     assert model._graphs is not None and model._graphs[1].captured()
     torch.testing.assert_close(graphed, eager, atol=1e-4, rtol=0)
+    model.cuda_graphs = True
+    assert model.warm(rows=32, length=64) > 0  # buckets this call had not made yet
+    assert {(16, 32), (32, 64)} <= set(model._graphs[1].captured())
