@@ -184,14 +184,8 @@ class KeyStore:
     def authenticate(self, authorization: str | None) -> Grant:
         """The caller's grant (:data:`FULL` while auth is off); raise :class:`Unauthorized`
         for a missing, unknown or revoked key."""
-        if not self.enabled():
-            return FULL
-        digest = _digest(authorization)
-        if any(hmac.compare_digest(digest, h) for h in self._static):
-            return FULL
-        grant = self._grant(digest)
-        if grant is None:
-            raise Unauthorized("Invalid or revoked API key")
+        grant = self._authenticate(authorization, database=True)
+        assert grant is not None  # with the database, every question has an answer
         return grant
 
     def authenticate_cached(self, authorization: str | None) -> Grant | None:
@@ -199,7 +193,10 @@ class KeyStore:
         grant when auth is off, the key is a static one or the answer is cached
         (``QUARRY_AUTH__CACHE_S``), raising as :meth:`authenticate` does; None when only the
         database can answer (then call :meth:`authenticate` on a worker thread)."""
-        enabled = self._enabled_cached()
+        return self._authenticate(authorization, database=False)
+
+    def _authenticate(self, authorization: str | None, *, database: bool) -> Grant | None:
+        enabled = self.enabled() if database else self._enabled_cached()
         if enabled is None:
             return None
         if not enabled:
@@ -207,12 +204,16 @@ class KeyStore:
         digest = _digest(authorization)
         if any(hmac.compare_digest(digest, h) for h in self._static):
             return FULL
-        cached = self._grant_cached(digest)
-        if cached is None:
-            return None
-        if cached[0] is None:
+        if database:
+            grant = self._grant(digest)
+        else:
+            cached = self._grant_cached(digest)
+            if cached is None:
+                return None
+            grant = cached[0]
+        if grant is None:
             raise Unauthorized("Invalid or revoked API key")
-        return cached[0]
+        return grant
 
     def check(self, authorization: str | None, scope: str, collection: str | None = None) -> Grant:
         """Raise unless auth is off or the bearer key grants ``scope`` on ``collection``
