@@ -15,6 +15,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -27,18 +28,74 @@ from embedder.tokenizing import FastTokenizer
 from ranker.text.backbones import ResolvedBackbone, load_pretrained, load_tokenizer
 from ranker.text.config import KindOptions
 from ranker.text.graphs import GraphCaptureError, GraphedLogits
-from ranker.text.model import PairRerankModel, pad_sequences, register_model
+from ranker.text.model import PairRerankModel, register_model, to_device
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class _Pairs:
-    """Tokenised (query, document) pairs: token ids and segment ids per pair."""
+    """Tokenised (query, document) pairs, without a Python list per pair: every token the
+    pairs use sits once in ``pool`` (the template's special tokens, each distinct query, each
+    document), and row ``i`` is the concatenation of its segments ``pool[starts[i, s] :
+    starts[i, s] + sizes[i, s]]``. :meth:`matrices` lays chosen rows out as padded matrices
+    with a few array operations."""
 
-    input_ids: list[list[int]]
-    token_type_ids: list[list[int]] | None
+    pool: np.ndarray
+    #: Segment id (0 or 1) of each pool token; None when the model takes none.
+    pool_types: np.ndarray | None
+    starts: np.ndarray
+    sizes: np.ndarray
     lengths: np.ndarray
+
+    def matrices(
+        self, rows: Sequence[int] | np.ndarray, pad_id: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(ids, mask, types)`` of ``rows``, ``(len(rows), longest)``, padded on the right
+        (``pad_id``, mask False, segment id 0); ``types`` None when the model takes none."""
+        starts, sizes = self.starts[rows].ravel(), self.sizes[rows].ravel()
+        lengths = self.lengths[rows]
+        width = max(int(lengths.max(initial=0)), 1)
+        mask = np.arange(width) < lengths[:, None]
+        # Where each row's tokens come from, end to end: every segment is a run of the pool.
+        total = int(sizes.sum())
+        src = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(total)
+        ids = np.full(mask.shape, pad_id, dtype=np.int64)
+        ids[mask] = self.pool[src]
+        types = None
+        if self.pool_types is not None:
+            types = np.zeros(mask.shape, dtype=np.int64)
+            types[mask] = self.pool_types[src]
+        return ids, mask, types
+
+    @property
+    def input_ids(self) -> list[list[int]]:
+        """The rows as lists (for inspection and tests)."""
+        ids, mask, _ = self.matrices(range(len(self.lengths)), 0)
+        return [r[m].tolist() for r, m in zip(ids, mask, strict=True)]
+
+    @property
+    def token_type_ids(self) -> list[list[int]] | None:
+        """The rows' segment ids as lists, or None."""
+        _, mask, types = self.matrices(range(len(self.lengths)), 0)
+        return None if types is None else [t[m].tolist() for t, m in zip(types, mask, strict=True)]
+
+    @classmethod
+    def from_rows(
+        cls, rows: Sequence[Sequence[int]], types: Sequence[Sequence[int]] | None
+    ) -> _Pairs:
+        """Pairs already laid out row by row (one segment each)."""
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        starts = (np.cumsum(lengths) - lengths)[:, None]
+        pool = _flat(rows, int(lengths.sum()))
+        pool_types = None if types is None else _flat(types, int(lengths.sum()))
+        return cls(pool, pool_types, starts, lengths[:, None].copy(), lengths)
+
+
+def _flat(rows: Sequence[Sequence[int]], total: int) -> np.ndarray:
+    """The rows' ids end to end (at least one element, so an index 0 is always valid)."""
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=total)
+    return flat if total else np.zeros(1, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -80,17 +137,16 @@ class PairTemplate:
         return cls(tuple(ids[:i]), tuple(ids[i + 1 : j]), tuple(ids[j + 1 :]), types)
 
 
-def longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
-    """Lengths after Hugging Face's ``longest_first`` truncation of a pair to ``budget``
-    tokens: the shorter sequence keeps at most half of the budget (the first on a tie), the
-    longer one the rest."""
-    if n1 + n2 <= budget:
-        return n1, n2
-    if n1 > n2:
-        kept = min(n2, budget // 2)
-        return budget - kept, kept
-    kept = min(n1, budget // 2)
-    return kept, budget - kept
+def longest_first(n1: np.ndarray, n2: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lengths after Hugging Face's ``longest_first`` truncation of pairs to ``budget``
+    tokens, element-wise: the shorter sequence keeps at most half of the budget (the first
+    on a tie), the longer one the rest."""
+    n1, n2 = np.asarray(n1, dtype=np.int64), np.asarray(n2, dtype=np.int64)
+    fits = n1 + n2 <= budget
+    first_longer = n1 > n2
+    kept_short = np.minimum(np.where(first_longer, n2, n1), budget // 2)
+    k1 = np.where(first_longer, budget - kept_short, kept_short)
+    return np.where(fits, n1, k1), np.where(fits, n2, budget - k1)
 
 
 def _is_sequence_classifier(resolved: ResolvedBackbone) -> bool:
@@ -145,7 +201,7 @@ class CrossEncoderModel(PairRerankModel):
         return self.model
 
     def encode_pairs(self, queries: Sequence[str], documents: Sequence[str]) -> _Pairs:
-        """Token rows of the pairs, as the tokenizer's own pair encoding with
+        """The pairs' token rows, as the tokenizer's own pair encoding with
         ``truncation=True`` would give them; each distinct query is tokenised once."""
         t = self.template
         if t is None:  # an unusual pair layout: let the tokenizer build every pair
@@ -153,43 +209,50 @@ class CrossEncoderModel(PairRerankModel):
                 enc = tok(
                     list(queries), list(documents), truncation=True, max_length=self.max_length
                 )
-            ids = enc["input_ids"]
-            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            return _Pairs(ids, enc.get("token_type_ids"), lengths)
+            return _Pairs.from_rows(enc["input_ids"], enc.get("token_type_ids"))
         distinct = list(dict.fromkeys(queries))
-        q_ids = dict(zip(distinct, self._whole(distinct), strict=True))
+        q_ids = self._whole(distinct)
         d_ids = self._cut(documents)
+        which = dict(zip(distinct, range(len(distinct)), strict=True))
+        q_of = np.fromiter((which[q] for q in queries), dtype=np.int64, count=len(queries))
+        q_len = np.fromiter(map(len, q_ids), dtype=np.int64, count=len(q_ids))
         # A document cut at max_length keeps the truncation result unchanged unless the
         # query is longer still: then the documents' full lengths decide.
-        full = [
-            i
-            for i, (q, d) in enumerate(zip(queries, d_ids, strict=True))
-            if len(d) == self.max_length and len(q_ids[q]) >= self.max_length
-        ]
-        if full:
-            whole = self._whole([documents[i] for i in full])
-            for i, ids in zip(full, whole, strict=True):
+        d_len = np.fromiter(map(len, d_ids), dtype=np.int64, count=len(d_ids))
+        full = np.flatnonzero((d_len == self.max_length) & (q_len[q_of] >= self.max_length))
+        if len(full):
+            for i, ids in zip(
+                full.tolist(), self._whole([documents[i] for i in full.tolist()]), strict=True
+            ):
                 d_ids[i] = ids
-        budget = self.max_length - t.specials
-        rows: list[list[int]] = []
-        types: list[list[int]] | None = [] if t.types is not None else None
-        for q, d in zip(queries, d_ids, strict=True):
-            qi = q_ids[q]
-            nq, nd = longest_first(len(qi), len(d), budget)
-            first = [*t.head, *qi[:nq], *t.mid]
-            rows.append([*first, *d[:nd], *t.tail])
-            if types is not None and t.types is not None:
-                a, b = t.types
-                types.append([a] * len(first) + [b] * (nd + len(t.tail)))
-        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-        return _Pairs(rows, types, lengths)
+                d_len[i] = len(ids)
+        nq, nd = longest_first(q_len[q_of], d_len, self.max_length - t.specials)
+        # The pool: head, mid, tail, then the queries, then the documents.
+        specials = [t.head, t.mid, t.tail]
+        parts = [*specials, *q_ids, *d_ids]
+        sizes = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        begin = np.cumsum(sizes) - sizes
+        pool = _flat(parts, int(sizes.sum()))
+        n = len(documents)
+        head, mid, tail = (np.full(n, begin[k]) for k in range(3))
+        q_begin = begin[3 : 3 + len(q_ids)][q_of]
+        d_begin = begin[3 + len(q_ids) :]
+        seg_starts = np.stack([head, q_begin, mid, d_begin, tail], axis=1)
+        lens = (len(t.head), len(t.mid), len(t.tail))
+        seg_sizes = np.stack(
+            [np.full(n, lens[0]), nq, np.full(n, lens[1]), nd, np.full(n, lens[2])], axis=1
+        )
+        pool_types = None
+        if t.types is not None:
+            a, b = t.types
+            # Head, mid and queries are the first segment; tail and documents the second.
+            owner = np.repeat([a, a, b] + [a] * len(q_ids) + [b] * len(d_ids), sizes)
+            pool_types = owner if len(owner) else np.zeros(1, dtype=np.int64)
+        return _Pairs(pool, pool_types, seg_starts, seg_sizes, seg_sizes.sum(axis=1))
 
     def pair_scores(self, pairs: Any, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
-        device = self.device
-        ids, mask = pad_sequences([pairs.input_ids[i] for i in rows], self.pad_id, device)
-        types = None
-        if pairs.token_type_ids is not None:
-            types, _ = pad_sequences([pairs.token_type_ids[i] for i in rows], 0, device)
+        ids, mask, types = (to_device(a, self.device) for a in pairs.matrices(rows, self.pad_id))
+        assert ids is not None and mask is not None
         logits = self._logits(ids, mask.long(), types).float()
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 

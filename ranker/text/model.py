@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, overload
 
 import numpy as np
 import torch
@@ -74,13 +74,22 @@ def pad_sequences(
     mask = np.arange(width)[None, :] < lengths[:, None]
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     ids[mask] = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    return to_device(ids, device), to_device(mask, device)
+
+
+@overload
+def to_device(array: np.ndarray, device: torch.device | str) -> torch.Tensor: ...
+@overload
+def to_device(array: None, device: torch.device | str) -> None: ...
+def to_device(array: np.ndarray | None, device: torch.device | str) -> torch.Tensor | None:
+    """``array`` as a tensor on ``device``; to a GPU through page-locked memory without
+    waiting, so the GPU never idles on the host between batches."""
+    if array is None:
+        return None
+    tensor = torch.from_numpy(array)
     if torch.device(device).type != "cuda":
-        return torch.from_numpy(ids), torch.from_numpy(mask)
-    # Page-locked copies that do not wait: the GPU never idles on the host between batches.
-    return (
-        torch.from_numpy(ids).pin_memory().to(device, non_blocking=True),
-        torch.from_numpy(mask).pin_memory().to(device, non_blocking=True),
-    )
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def register_model(cls: type[RerankModel]) -> type[RerankModel]:

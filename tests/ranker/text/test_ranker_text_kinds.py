@@ -167,6 +167,28 @@ def test_cross_encoder_truncates_pairs_to_max_length(tiny_bert: Path) -> None:
     assert serve(model, "ce", CPU).score(QUERY, [DOCS[4]]).shape == (1,)
 
 
+def test_pair_matrices_equal_padding_the_rows_in_any_order() -> None:
+    """Rows kept as runs of one token pool lay out exactly as padding the rows one by one,
+    for any subset of rows in any order (as the batch planner picks them)."""
+    from ranker.text.cross_encoder import _Pairs
+    from ranker.text.model import pad_sequences
+
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, 50, size=n).tolist() for n in [5, 0, 12, 1, 7, 30, 3]]
+    types = [rng.integers(0, 2, size=len(r)).tolist() for r in rows]
+    pairs = _Pairs.from_rows(rows, types)
+    assert pairs.input_ids == rows and pairs.token_type_ids == types
+    for pick in ([2, 0, 5], [1], [6, 5, 4, 3, 2, 1, 0], [1, 3]):
+        ids, mask, got_types = pairs.matrices(np.array(pick), pad_id=99)
+        want_ids, want_mask = pad_sequences([rows[i] for i in pick], 99)
+        want_types, _ = pad_sequences([types[i] for i in pick], 0)
+        np.testing.assert_array_equal(ids, want_ids.numpy())
+        np.testing.assert_array_equal(mask, want_mask.numpy())
+        assert got_types is not None
+        np.testing.assert_array_equal(got_types, want_types.numpy())
+    assert _Pairs.from_rows([[], []], None).matrices(np.array([0, 1]), 7)[0].tolist() == [[7], [7]]
+
+
 # --- late interaction ------------------------------------------------------------------------
 
 
