@@ -251,32 +251,35 @@ class CrossEncoderModel(PairRerankModel):
         return _Pairs(pool, pool_types, seg_starts, seg_sizes, seg_sizes.sum(axis=1))
 
     def pair_scores(self, pairs: Any, rows: Sequence[int] | np.ndarray) -> torch.Tensor:
-        ids, mask, types = (to_device(a, self.device) for a in pairs.matrices(rows, self.pad_id))
-        assert ids is not None and mask is not None
-        logits = self._logits(ids, mask.long(), types).float()
+        ids, mask, types = pairs.matrices(rows, self.pad_id)
+        logits = self._logits(ids, mask, types).float()
         return logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
 
-    def _logits(
-        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The classifier's logits: a BERT classifier in eval mode takes the lean encoder
-        forward (same logits), and on CUDA, outside autograd, replays it as a CUDA graph."""
-        graphed = self._graphed(ids)
+    def _logits(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None) -> torch.Tensor:
+        """The classifier's logits of a padded batch given as host arrays: a BERT classifier
+        in eval mode takes the lean encoder forward (same logits), and on CUDA, outside
+        autograd, replays it as a CUDA graph."""
+        device = self.device
+        graphed = self._graphed(ids.shape, device)
         if graphed is not None:
             try:
                 return graphed(ids, mask, types)
             except GraphCaptureError:
                 logger.warning("CUDA graphs are off for %s", self.source, exc_info=True)
                 self.cuda_graphs = False
-        return classifier_logits(self.model, ids, mask, types)
+        return classifier_logits(
+            self.model,
+            to_device(ids, device),
+            to_device(mask, device).long(),
+            to_device(types, device),
+        )
 
     def warm(self, rows: int = 128, length: int = 256) -> int:
         """Capture the CUDA graphs of batches up to ``rows`` pairs x ``length`` tokens now
         (one query's 100 candidates of passage length fit) instead of in the first requests
         that need them. Returns how many were captured; 0 where graphs do not apply."""
-        probe = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         with torch.inference_mode():
-            graphs = self._graphed(probe)
+            graphs = self._graphed((1, 1), self.device)
             if graphs is None:
                 return 0
             t = self.template
@@ -287,11 +290,12 @@ class CrossEncoderModel(PairRerankModel):
         """Whether the tokenizer's own pair encoding gives segment ids."""
         return self.tokenizer("a", "b").get("token_type_ids") is not None
 
-    def _graphed(self, ids: torch.Tensor) -> GraphedLogits | None:
-        """The graphs for the model's current weights, or None where they do not apply."""
+    def _graphed(self, shape: tuple[int, ...], device: torch.device) -> GraphedLogits | None:
+        """The graphs for the model's current weights, or None where they do not apply
+        (``shape``: the batch's rows x tokens)."""
         if (
             not self.cuda_graphs
-            or ids.device.type != "cuda"
+            or device.type != "cuda"
             or self.model.training
             or torch.is_grad_enabled()
             or not lean_bert.supports(self.model)
@@ -304,11 +308,12 @@ class CrossEncoderModel(PairRerankModel):
                 lambda i, m, t: classifier_logits(self.model, i, m, t),
                 pad_id=self.pad_id,
                 max_length=self.max_length,
-                device=ids.device,
+                device=device,
             )
             self._graphs = (weights, graphs)
         graphs = self._graphs[1]
-        return graphs if graphs.fits(*ids.shape) else None
+        rows, length = shape
+        return graphs if graphs.fits(rows, length) else None
 
     @property
     def pad_id(self) -> int:

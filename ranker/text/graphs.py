@@ -9,6 +9,10 @@ replays them with one launch, but only at the shapes it was captured with, so
 :data:`LENGTH_STEP`. Padded tokens are masked; padded rows hold one unmasked pad token (so
 no row is fully masked) and their logits are dropped. Each bucket is captured on first use.
 
+A batch comes as host arrays and is padded to its bucket on the host, into one stacked
+array (ids, mask, segment ids) that reaches the GPU in one page-locked copy: a batch costs the
+host one copy and one replay, not a copy and a fill kernel per input.
+
 All graphs share one memory pool, so memory is that of the largest bucket, not the sum;
 replays are serialised by a lock and each output is copied out before the lock is released
 (a later replay may reuse the memory). The padding and the buffers are plain torch and also
@@ -22,6 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ranker.cuda_graphs import capture
@@ -49,14 +54,15 @@ def bucket(n: int, step: int) -> int:
 
 
 class _Captured:
-    """The input buffers of one bucket and how to fill its output buffer."""
+    """The input buffers of one bucket (views of one stacked tensor, filled by one copy) and
+    how to fill its output buffer."""
 
     def __init__(self, rows: int, length: int, with_types: bool, device: torch.device) -> None:
-        self.ids = torch.zeros((rows, length), dtype=torch.long, device=device)
-        self.mask = torch.zeros((rows, length), dtype=torch.long, device=device)
-        self.types = (
-            torch.zeros((rows, length), dtype=torch.long, device=device) if with_types else None
-        )
+        planes = 3 if with_types else 2
+        self.inputs = torch.zeros((planes, rows, length), dtype=torch.long, device=device)
+        self.ids = self.inputs[0]
+        self.mask = self.inputs[1]
+        self.types = self.inputs[2] if with_types else None
         self.out: torch.Tensor | None = None
         self.run: Callable[[], object] | None = None
 
@@ -96,9 +102,8 @@ class GraphedLogits:
             for n in range(LENGTH_STEP, min(length, self.max_length) + 1, LENGTH_STEP):
                 if (r, n, with_types) in self._buckets:
                     continue
-                ids = torch.full((r, n), self.pad_id, dtype=torch.long, device=self.device)
-                mask = torch.ones_like(ids)
-                self(ids, mask, torch.zeros_like(ids) if with_types else None)
+                ids = np.full((r, n), self.pad_id, dtype=np.int64)
+                self(ids, np.ones_like(ids), np.zeros_like(ids) if with_types else None)
                 made += 1
         return made
 
@@ -106,10 +111,9 @@ class GraphedLogits:
         """``(rows, length)`` of the buckets made so far."""
         return sorted({(r, n) for r, n, _ in self._buckets})
 
-    def __call__(
-        self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The logits of the ``ids.shape[0]`` rows (a new tensor)."""
+    def __call__(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None) -> torch.Tensor:
+        """The logits of the ``ids.shape[0]`` rows (a new tensor on the device) of a batch
+        given as host arrays: token ids, attention mask (1/0 or bool), segment ids or None."""
         rows, length = ids.shape
         if not self.fits(rows, length):
             raise ValueError(f"a batch of {rows} x {length} tokens fits no bucket")
@@ -118,35 +122,41 @@ class GraphedLogits:
             min(bucket(length, LENGTH_STEP), self.max_length),
             types is not None,
         )
+        staged = self._stage(shape, ids, mask, types)
         with self._lock:
             slot = self._buckets.get(shape)
             if slot is None:
                 slot = _Captured(*shape, self.device)
                 self._buckets[shape] = slot
-            self._fill(slot, ids, mask, types)
+            slot.inputs.copy_(staged, non_blocking=True)
             if slot.run is None:
                 self._prepare(slot, shape)
             assert slot.run is not None and slot.out is not None
             slot.run()
             return slot.out[:rows].clone()
 
-    def _fill(
+    def _stage(
         self,
-        slot: _Captured,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        types: torch.Tensor | None,
-    ) -> None:
+        shape: tuple[int, int, bool],
+        ids: np.ndarray,
+        mask: np.ndarray,
+        types: np.ndarray | None,
+    ) -> torch.Tensor:
+        """The batch padded to its bucket on the host, as one (page-locked on CUDA) tensor:
+        padded tokens masked, padded rows one visible pad token (never all masked)."""
         rows, length = ids.shape
-        slot.ids.fill_(self.pad_id)
-        slot.mask.zero_()
-        slot.mask[rows:, 0] = 1  # padded rows: one visible pad token, never all masked
-        slot.ids[:rows, :length].copy_(ids)
-        slot.mask[:rows, :length].copy_(mask)
-        if slot.types is not None:
+        bucket_rows, bucket_length, with_types = shape
+        host = np.zeros((3 if with_types else 2, bucket_rows, bucket_length), dtype=np.int64)
+        host[0].fill(self.pad_id)
+        host[0, :rows, :length] = ids
+        host[1, :rows, :length] = mask
+        host[1, rows:, 0] = 1
+        if with_types:
             assert types is not None
-            slot.types.zero_()
-            slot.types[:rows, :length].copy_(types)
+            host[2, :rows, :length] = types
+        staged = torch.from_numpy(host)
+        # The caching host allocator keeps the page-locked block until the copy has run.
+        return staged.pin_memory() if self.device.type == "cuda" else staged
 
     def _prepare(self, slot: _Captured, shape: tuple[int, int, bool]) -> None:
         def step() -> torch.Tensor:

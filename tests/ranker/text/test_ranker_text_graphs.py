@@ -28,13 +28,20 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return BertForSequenceClassification.from_pretrained(Path(path)).eval()
 
 
-def _batch(vocab: int, lengths: list[int], seed: int) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
+def _batch(vocab: int, lengths: list[int], seed: int) -> tuple[np.ndarray, ...]:
+    """Host arrays ``(ids, mask, types)`` of a padded batch (what GraphedLogits takes)."""
+    rng = np.random.default_rng(seed)
     width = max(lengths)
-    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
-    ids = torch.randint(1, vocab, (len(lengths), width), generator=g) * mask
-    types = ((torch.arange(width)[None, :] >= 3) & mask).long()
-    return ids, mask.long(), types
+    mask = np.arange(width)[None, :] < np.array(lengths)[:, None]
+    ids = rng.integers(1, vocab, (len(lengths), width)) * mask
+    types = ((np.arange(width)[None, :] >= 3) & mask).astype(np.int64)
+    return ids, mask.astype(np.int64), types
+
+
+def _reference(classifier: Any, ids: Any, mask: Any, types: Any) -> torch.Tensor:
+    """The unpadded logits, eagerly."""
+    t = None if types is None else torch.from_numpy(types)
+    return classifier_logits(classifier, torch.from_numpy(ids), torch.from_numpy(mask), t)
 
 
 def _eager(classifier: Any) -> GraphedLogits:
@@ -65,7 +72,7 @@ def test_padded_logits_equal_unpadded(
     t = types if with_types else None
     graphed = _eager(classifier)
     with torch.inference_mode():
-        ref = classifier_logits(classifier, ids, mask, t)
+        ref = _reference(classifier, ids, mask, t)
         got = graphed(ids, mask, t)
         again = graphed(ids, mask, t)  # the bucket's buffers reused
     assert got.shape == ref.shape
@@ -83,7 +90,7 @@ def test_buckets_are_reused_and_a_smaller_batch_is_not_polluted(classifier: Any)
     with torch.inference_mode():
         graphed(*big)
         got = graphed(*small)
-        ref = classifier_logits(classifier, *small)
+        ref = _reference(classifier, *small)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
     assert graphed.captured() == [(16, 32)]
 
@@ -94,7 +101,7 @@ def test_shapes_outside_the_buckets_are_refused(classifier: Any) -> None:
     assert not graphed.fits(MAX_ROWS + 1, 10)
     assert not graphed.fits(4, 65)
     with pytest.raises(ValueError, match="fits no bucket"):
-        graphed(torch.zeros((4, 65), dtype=torch.long), torch.ones((4, 65)), None)
+        graphed(np.zeros((4, 65), dtype=np.int64), np.ones((4, 65)), None)
 
 
 def test_warm_makes_every_bucket_up_to_the_limits_once(classifier: Any) -> None:
