@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from embedder.tokenizing import FastTokenizer, ascii_bert_table
+from embedder.tokenizing import FastTokenizer
 
 TEXTS = [
     "",
@@ -27,18 +24,13 @@ TEXTS = [
 ]
 
 
-@functools.cache
-def _minilm_tokenizer() -> Any:
+@pytest.fixture(scope="module")
+def wrapper() -> Any:
     from transformers import AutoTokenizer
 
     from embedder.registry import resolve_model_path
 
     return AutoTokenizer.from_pretrained(str(resolve_model_path("all-MiniLM-L6-v2")))
-
-
-@pytest.fixture(scope="module")
-def wrapper() -> Any:
-    return _minilm_tokenizer()
 
 
 @pytest.mark.parametrize("max_length", [None, 5, 16, 128, 256])
@@ -98,50 +90,3 @@ def test_a_tokenizer_without_backend_goes_through_the_wrapper() -> None:
     assert slow.calls[-1] == {"add_special_tokens": False, "truncation": True, "max_length": 2}
     assert fast([]) == []
     assert not fast.single_text_types_zero()
-
-
-# --- ASCII texts skip BERT's normaliser ---------------------------------------------------------
-
-ASCII_TEXTS = [
-    "".join(map(chr, range(128))),
-    *(f"Word{chr(c)}NEXT {chr(c)} x{chr(c)}{chr(c)}y" for c in range(128)),
-    "CONTROL\x00chars\x07in\x1bthe\x7fMIDDLE\x0bof\x0cwords\x1c\x1d\x1e\x1f",
-    "\t\n\r leading whitespace and trailing \r\n\t",
-]
-
-
-@pytest.mark.parametrize("max_length", [None, 8, 128])
-def test_ascii_texts_skip_the_normaliser_with_the_same_ids(
-    wrapper: Any, max_length: int | None
-) -> None:
-    """Every ASCII character, alone and inside words, encodes to the full pipeline's ids; a
-    batch mixing ASCII and other texts keeps its order."""
-    fast = FastTokenizer(wrapper, max_length=max_length)
-    assert fast._ascii is not None  # MiniLM has BERT's normaliser: the ASCII path is taken
-    options: dict[str, Any] = {}
-    if max_length is not None:
-        options.update(truncation=True, max_length=max_length)
-    mixed = [*ASCII_TEXTS, *TEXTS]
-    expected = [list(ids) for ids in wrapper(mixed, **options)["input_ids"]]
-    assert fast(mixed) == expected
-    assert fast([TEXTS[5]]) == expected[len(ASCII_TEXTS) + 5 : len(ASCII_TEXTS) + 6]
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(st.characters(max_codepoint=127), max_size=60), min_size=1, max_size=4))
-def test_any_ascii_text_gets_the_full_pipelines_ids(texts: list[str]) -> None:
-    wrapper = _minilm_tokenizer()
-    expected = [list(ids) for ids in wrapper(texts)["input_ids"]]
-    assert FastTokenizer(wrapper, max_length=None)(texts) == expected
-
-
-def test_the_byte_table_follows_the_normaliser_settings() -> None:
-    bert = {"type": "BertNormalizer", "clean_text": True, "lowercase": True}
-    table, delete = ascii_bert_table(bert) or (b"", b"")
-    assert b"AB\tc\x00d\x7f".translate(table, delete) == b"ab cd"
-    cased = ascii_bert_table({**bert, "lowercase": False})
-    assert cased is not None and b"AB\tc".translate(*cased) == b"AB c"
-    raw = ascii_bert_table({**bert, "clean_text": False, "lowercase": False})
-    assert raw is not None and b"A\tb\x00".translate(*raw) == b"A\tb\x00"
-    assert ascii_bert_table({"type": "Sequence", "normalizers": []}) is None
-    assert ascii_bert_table(None) is None
