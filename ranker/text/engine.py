@@ -45,10 +45,6 @@ PAIRS_PER_CHUNK = 1024
 #: exceeds this (:func:`embedder.batching.plan_bucketed`).
 CUDA_BATCH_COST = 4096
 
-#: On a GPU, one query's documents are tokenised in two parts when there are at least this
-#: many: the first part's forward passes run while the second part is tokenised.
-OVERLAP_MIN_DOCUMENTS = 64
-
 #: The default token budget on a GPU: a typical query's 100 candidates in one pass (one pass
 #: of 100 x 182 tokens took 9.4 ms per call on an H200 against 13.5 ms in two passes of 16k).
 CUDA_BATCH_TOKENS = 65_536
@@ -76,9 +72,6 @@ class ModelReranker:
         self.min_fill = CPU_MIN_FILL if self.device == "cpu" else 0.0
         #: Padded tokens one more pass costs on a GPU (None: plan as on the CPU).
         self.batch_cost: int | None = CUDA_BATCH_COST if cuda else None
-        #: Tokenise one query's documents in two parts, the second while the GPU scores the
-        #: first (see :meth:`parts`); on by default on CUDA for pair kinds.
-        self.overlap = cuda and isinstance(model, PairRerankModel)
         model.eval()
         model.to(device=self.device, dtype=inference_dtype(self.device))
         logger.info("reranker %s (%s) on %s", name, self.kind, self.device)
@@ -117,32 +110,12 @@ class ModelReranker:
             min_fill=self.min_fill,
         )
 
-    def parts(self, documents: Sequence[str]) -> list[np.ndarray]:
-        """How :meth:`score` tokenises ``documents``: one part, or with :attr:`overlap` and at
-        least :data:`OVERLAP_MIN_DOCUMENTS` of them two, the longer texts first (by characters:
-        the longest are scored first, so the last forward pass is a short one). The first part
-        holds a whole number of CUDA-graph row steps, about half of the documents."""
-        n = len(documents)
-        if not self.overlap or n < OVERLAP_MIN_DOCUMENTS:
-            return [np.arange(n)]
-        chars = np.fromiter(map(len, documents), dtype=np.int64, count=n)
-        order = np.argsort(-chars, kind="stable")
-        first = max(ROW_STEP, (n // 2) // ROW_STEP * ROW_STEP)
-        return [order[:first], order[first:]]
-
     def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
         """``float32`` scores of ``documents`` for ``query``, in the documents' order."""
         check_inputs(query, documents)
         if not documents:
             return np.empty(0, dtype=np.float32)
-        docs = list(documents)
-        launched: list[tuple[np.ndarray, torch.Tensor]] = []
-        with torch.inference_mode():
-            for part in self.parts(docs):
-                # The forward passes queue on the GPU; the next part tokenises meanwhile.
-                prepared = self.model.prepare(query, [docs[i] for i in part])
-                launched += self._launch(prepared, part)
-        return self._collect(launched, len(docs))
+        return self._run(self.model.prepare(query, list(documents)), len(documents))
 
     def score_many(
         self, queries: Sequence[str], groups: Sequence[Sequence[str]]
@@ -185,22 +158,12 @@ class ModelReranker:
 
     def _run(self, prepared: Any, n: int) -> np.ndarray:
         """Scores of ``n`` prepared documents: token-budget batches, one device sync."""
-        with torch.inference_mode():
-            return self._collect(self._launch(prepared, np.arange(n)), n)
-
-    def _launch(self, prepared: Any, index: np.ndarray) -> list[tuple[np.ndarray, torch.Tensor]]:
-        """Queue the forward passes of ``prepared``'s batches: ``(positions, scores)`` pairs,
-        the scores still on the device (no sync between batches); ``index`` maps the rows of
-        ``prepared`` to positions in the output."""
-        return [
-            (index[rows], self.model.score_prepared(prepared, rows).float())
-            for rows in self.plan(prepared.lengths)
-        ]
-
-    @staticmethod
-    def _collect(launched: list[tuple[np.ndarray, torch.Tensor]], n: int) -> np.ndarray:
-        """The launched scores in output order, with one copy from the device."""
         out = np.empty(n, dtype=np.float32)
-        scores = torch.cat([s for _, s in launched]).cpu().numpy()
-        out[np.concatenate([rows for rows, _ in launched])] = scores
+        # Scores stay on the device until one copy at the end: no sync between batches.
+        parts: list[tuple[np.ndarray, torch.Tensor]] = []
+        with torch.inference_mode():
+            for rows in self.plan(prepared.lengths):
+                parts.append((rows, self.model.score_prepared(prepared, rows).float()))
+            scores = torch.cat([s for _, s in parts]).cpu().numpy()
+        out[np.concatenate([rows for rows, _ in parts])] = scores
         return out

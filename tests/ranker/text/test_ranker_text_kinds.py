@@ -80,22 +80,6 @@ def test_batched_equals_one_by_one(model: RerankModel) -> None:
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
-def test_two_part_tokenising_gives_the_same_scores(model: RerankModel) -> None:
-    """With ``overlap`` (on by default on CUDA for pair kinds) a query's documents are
-    tokenised in two parts, the longer texts first; the scores are those of one part."""
-    reranker = serve(model, "parts", LoadOptions(device="cpu", batch_tokens=256))
-    assert isinstance(reranker, ModelReranker) and not reranker.overlap  # off on the CPU
-    docs = [f"{DOCS[i % len(DOCS)]} {'lava ' * (i % 7)}".strip() or "x" for i in range(70)]
-    whole = reranker.score(QUERY, docs)
-    reranker.overlap = True
-    parts = reranker.parts(docs)
-    assert [len(p) for p in parts] == [32, 38]  # a whole number of row steps first
-    assert sorted(np.concatenate(parts).tolist()) == list(range(70))
-    assert min(len(docs[i]) for i in parts[0]) >= max(len(docs[i]) for i in parts[1])
-    np.testing.assert_allclose(reranker.score(QUERY, docs), whole, atol=1e-5)
-    assert len(reranker.parts(docs[:63])) == 1  # below OVERLAP_MIN_DOCUMENTS: one part
-
-
 def test_score_many_equals_one_query_at_a_time(
     model: RerankModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
