@@ -63,11 +63,6 @@ class _Captured:
         self.ids = self.inputs[0]
         self.mask = self.inputs[1]
         self.types = self.inputs[2] if with_types else None
-        #: The host side of ``inputs`` (page-locked on CUDA) and the event of its last copy.
-        self.host = torch.zeros(self.inputs.shape, dtype=torch.long)
-        if device.type == "cuda":
-            self.host = self.host.pin_memory()
-        self.copied: torch.cuda.Event | None = None
         self.out: torch.Tensor | None = None
         self.run: Callable[[], object] | None = None
 
@@ -127,12 +122,13 @@ class GraphedLogits:
             min(bucket(length, LENGTH_STEP), self.max_length),
             types is not None,
         )
+        staged = self._stage(shape, ids, mask, types)
         with self._lock:
             slot = self._buckets.get(shape)
             if slot is None:
                 slot = _Captured(*shape, self.device)
                 self._buckets[shape] = slot
-            self._stage(slot, ids, mask, types)
+            slot.inputs.copy_(staged, non_blocking=True)
             if slot.run is None:
                 self._prepare(slot, shape)
             assert slot.run is not None and slot.out is not None
@@ -140,29 +136,27 @@ class GraphedLogits:
             return slot.out[:rows].clone()
 
     def _stage(
-        self, slot: _Captured, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
-    ) -> None:
-        """Copy the batch into the slot's inputs, padded to the bucket on the host (padded
-        tokens masked, padded rows one visible pad token, never all masked) in the slot's
-        own page-locked buffer, sent with one copy. The buffer is rewritten only after its
-        previous copy has run."""
-        if slot.copied is not None:
-            slot.copied.synchronize()
-        host = slot.host.numpy()
+        self,
+        shape: tuple[int, int, bool],
+        ids: np.ndarray,
+        mask: np.ndarray,
+        types: np.ndarray | None,
+    ) -> torch.Tensor:
+        """The batch padded to its bucket on the host, as one (page-locked on CUDA) tensor:
+        padded tokens masked, padded rows one visible pad token (never all masked)."""
         rows, length = ids.shape
+        bucket_rows, bucket_length, with_types = shape
+        host = np.zeros((3 if with_types else 2, bucket_rows, bucket_length), dtype=np.int64)
         host[0].fill(self.pad_id)
         host[0, :rows, :length] = ids
-        host[1].fill(0)
         host[1, :rows, :length] = mask
         host[1, rows:, 0] = 1
-        if slot.types is not None:
+        if with_types:
             assert types is not None
-            host[2].fill(0)
             host[2, :rows, :length] = types
-        slot.inputs.copy_(slot.host, non_blocking=True)
-        if self.device.type == "cuda":
-            slot.copied = torch.cuda.Event()
-            slot.copied.record()
+        staged = torch.from_numpy(host)
+        # The caching host allocator keeps the page-locked block until the copy has run.
+        return staged.pin_memory() if self.device.type == "cuda" else staged
 
     def _prepare(self, slot: _Captured, shape: tuple[int, int, bool]) -> None:
         def step() -> torch.Tensor:
