@@ -13,7 +13,9 @@ candidates), interleaved so that all see the same machine state:
   root, allow-list, limits and per-model serving queue as the server;
 - ``engine``: the reranker's own ``score(query, documents)``;
 - ``engine_one_pass``: the same reranker planning one padded batch per query (the plan
-  before :func:`embedder.batching.plan_bucketed`), to show what cutting by length buys.
+  before :func:`embedder.batching.plan_bucketed`), to show what cutting by length buys;
+- ``engine_tokenise``: the model's ``prepare`` alone (tokenising and pair assembly), the
+  host-bound share that differs most between machines.
 
 For each HTTP side, ``http_breakdown`` splits the median request into the server's use case
 (``timings.rerank_ms``), the server's framework time (its ``Server-Timing`` less the use case)
@@ -90,6 +92,7 @@ def main() -> None:
     from core.migrate import upgrade
     from core.settings import Settings
     from ranker.text import LoadOptions, load_reranker
+    from ranker.text.engine import ModelReranker
     from service import build
     from service.rerank import rerank
 
@@ -170,12 +173,21 @@ def main() -> None:
                 def bare_one_pass(q: str, docs: list[str]) -> None:
                     one_pass.score(q, docs)
 
+                prepare = engine.model.prepare if isinstance(engine, ModelReranker) else None
+
+                def tokenise(q: str, docs: list[str]) -> None:
+                    if prepare is not None:
+                        prepare(q, docs)
+
                 sides = {
                     "http": lean_http,
                     "http_httpx": httpx_http,
                     "use_case": use_case,
                     "engine": bare,
                     "engine_one_pass": bare_one_pass,
+                    # Tokenising and pair assembly alone: the host's share that varies most
+                    # between machines, timed with the rest so each file says its host's speed.
+                    "engine_tokenise": tokenise,
                 }
                 times: dict[str, list[float]] = {name: [] for name in sides}
                 # Warm-up over every query: model loads, allocator, and the CUDA graphs of each
@@ -227,6 +239,7 @@ def main() -> None:
             "use_case": "service.rerank.rerank in this process",
             "engine": "the reranker's score() (on CUDA: batches cut by plan_bucketed)",
             "engine_one_pass": "score() with the query's documents in one padded batch",
+            "engine_tokenise": "the model's prepare(): tokenising and pair assembly only",
         },
         "latency_ms": stats,
         "http_breakdown": breakdown,
