@@ -7,6 +7,7 @@ device, versions, date and the ratios.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -118,3 +119,27 @@ def write_result(name: str, payload: dict[str, Any], out: Path = RESULTS) -> Pat
     path = out / f"{name}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
+
+
+def candidate_queries(
+    path: Path, depth: int | None = None, *, complete_only: bool = False
+) -> list[tuple[str, list[str]]]:
+    """``(query, candidate texts)`` of a TREC candidates file (``core.datasets`` format), at
+    most ``depth`` candidates each; ``complete_only`` keeps only queries with ``depth`` of them."""
+    from core.datasets import load_trec_candidates
+
+    cands = load_trec_candidates(path)
+    return [
+        (cands.queries[q], [h.content for h in hits][:depth])
+        for q, hits in cands.candidates.items()
+        if not complete_only or depth is None or len(hits) >= depth
+    ]
+
+
+def add_rerank_run_args(ap: argparse.ArgumentParser) -> None:
+    """The options the reranking latency benchmarks share."""
+    ap.add_argument("--candidates", type=Path, required=True, help="TREC candidates JSON")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--rounds", type=int, default=3, help="passes over the queries")
+    ap.add_argument("--depth", type=int, default=100, help="candidates per query")
+    ap.add_argument("--out-dir", type=Path, default=RESULTS)

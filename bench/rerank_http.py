@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 # process do not spin against each other on a CPU, and both sides run alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from bench.harness import RESULTS, summary, write_result
+from bench.harness import add_rerank_run_args, candidate_queries, summary, write_result
 from bench.http_load import quarry_server
 
 JSON_HEADERS = {"content-type": "application/json"}
@@ -79,16 +79,11 @@ def _classifier_dir(source: str, tmp: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="cross-encoder or plain encoder directory")
-    ap.add_argument("--candidates", type=Path, required=True, help="TREC candidates JSON")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--rounds", type=int, default=3, help="passes over the queries")
-    ap.add_argument("--depth", type=int, default=100, help="candidates per query")
-    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_rerank_run_args(ap)
     args = ap.parse_args()
 
     import httpx
 
-    from core.datasets import load_trec_candidates
     from core.migrate import upgrade
     from core.settings import Settings
     from ranker.text import LoadOptions, load_reranker
@@ -96,12 +91,7 @@ def main() -> None:
     from service import build
     from service.rerank import rerank
 
-    cands = load_trec_candidates(args.candidates)
-    queries = [
-        (cands.queries[q], [h.content for h in hits][: args.depth])
-        for q, hits in cands.candidates.items()
-        if len(hits) >= args.depth
-    ]
+    queries = candidate_queries(args.candidates, args.depth, complete_only=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model = _classifier_dir(args.model, tmp)

@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import RESULTS, cuda_sync, write_result
+from bench.harness import add_rerank_run_args, candidate_queries, cuda_sync, write_result
 
 
 def _timer(totals: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,29 +56,18 @@ def _gpu_busy_ms(score: Callable[[], object], calls: int = 10) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, required=True, help="cross-encoder or encoder dir")
-    ap.add_argument("--candidates", type=Path, required=True, help="TREC candidates JSON")
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--rounds", type=int, default=3, help="passes over the queries")
-    ap.add_argument("--depth", type=int, default=100, help="candidates per query")
-    ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    add_rerank_run_args(ap)
     args = ap.parse_args()
 
     import ranker.text.cross_encoder as ce
-    from core.datasets import load_trec_candidates
     from ranker.text import LoadOptions
     from ranker.text.engine import ModelReranker
     from ranker.text.loaders import serve
-    from ranker.text.model import create_model, load_model
+    from ranker.text.model import load_model
 
-    cands = load_trec_candidates(args.candidates)
-    queries = [
-        (cands.queries[q], [h.content for h in hits][: args.depth])
-        for q, hits in cands.candidates.items()
-    ]
-    if (args.model / "quarry_reranker.json").is_file() or _is_classifier(args.model):
-        model: Any = load_model(args.model)
-    else:
-        model = create_model("cross-encoder", str(args.model))
+    queries = candidate_queries(args.candidates, args.depth)
+    # A Quarry reranker, a sequence classifier, or a plain encoder given a one-logit head.
+    model: Any = load_model(args.model)
     if not isinstance(model, ce.CrossEncoderModel):
         sys.exit(f"{args.model} is not a cross-encoder")
     reranker = serve(model, "profile", LoadOptions(device=args.device))
@@ -138,16 +127,6 @@ def main() -> None:
     path = write_result(f"rerank_profile_{suffix}", result, out=args.out_dir)
     print(result)
     print(f"wrote {path}")
-
-
-def _is_classifier(path: Path) -> bool:
-    import json
-
-    try:
-        archs = json.loads((path / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError):
-        return False
-    return any(str(a).endswith("ForSequenceClassification") for a in archs)
 
 
 if __name__ == "__main__":
