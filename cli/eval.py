@@ -291,7 +291,11 @@ def rerank(
     ],
     qrels: Annotated[Path, typer.Option(help="TREC qrels: 'qid Q0 docid rel' lines")],
     reranker: Annotated[
-        str, typer.Option(help="none (candidates as given) or embedder[:MODEL]")
+        str,
+        typer.Option(
+            help="none (candidates as given), embedder[:MODEL], or a text reranker: a packaged "
+            "name (quarry-li-cranfield, smollm2-pointwise, smollm2-likelihood) or a directory"
+        ),
     ] = "none",
     depth: Annotated[
         int | None,

@@ -12,9 +12,12 @@ command line as ``name`` or ``name:argument``:
 - ``none`` keeps the candidates' own scores: it reproduces the first stage (BM25 0.5058,
   SPLADE++ 0.7308 nDCG@10 on DL19);
 - ``embedder[:model]`` reorders by cosine between the query and passage embeddings of one of
-  Quarry's embedders (default: the configured default model).
+  Quarry's embedders (default: the configured default model);
+- any other name is a text reranker of :mod:`ranker.text` (a packaged name such as
+  ``quarry-li-cranfield`` or ``smollm2-likelihood``, or a reranker directory), loaded with
+  ``QUARRY_RERANK__*``'s device and batching settings.
 
-Neural rerankers plug in with :func:`register_reranker`.
+More plug in with :func:`register_reranker`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -35,6 +39,7 @@ from evaluation.retrieval import Ranking, latency_stats
 if TYPE_CHECKING:
     from core.settings import Settings
     from embedder import Embedder
+    from ranker.text.base import TextReranker
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +110,34 @@ def register_reranker(name: str, factory: RerankerFactory, *, usage: str | None 
     _USAGE[name] = usage or name
 
 
+class TextRerankerAdapter:
+    """A :mod:`ranker.text` reranker (it scores texts) over candidate passages."""
+
+    def __init__(self, reranker: TextReranker) -> None:
+        self._reranker = reranker
+        self.name = reranker.name
+
+    def score(self, query: str, candidates: Sequence[Candidate]) -> np.ndarray:
+        scores = self._reranker.score(query, [c.content for c in candidates])
+        return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+
 def make_reranker(spec: str, settings: Settings) -> Reranker:
-    """Build the reranker ``spec`` names (``none``, ``embedder:all-MiniLM-L6-v2``, ...)."""
+    """Build the reranker ``spec`` names (``none``, ``embedder:all-MiniLM-L6-v2``, a text
+    reranker's name or directory, ...)."""
+    from ranker.text.registry import PACKAGED_RERANKERS, LoadOptions, load_reranker, valid_names
+
     name, _, arg = spec.partition(":")
     factory = RERANKERS.get(name.strip())
-    if factory is None:
-        valid = ", ".join(_USAGE.get(n, n) for n in RERANKERS)
-        raise InvalidRequest(f"Unknown reranker {spec!r}. Valid rerankers: {valid}")
-    return factory(arg.strip() or None, settings)
+    if factory is not None:
+        return factory(arg.strip() or None, settings)
+    if spec not in PACKAGED_RERANKERS and not Path(spec).expanduser().is_dir():
+        valid = [_USAGE.get(n, n) for n in RERANKERS]
+        valid += [n for n in valid_names() if not n.startswith("embedder:")]
+        raise InvalidRequest(f"Unknown reranker {spec!r}. Valid rerankers: {', '.join(valid)}")
+    conf = settings.rerank
+    text = load_reranker(spec, LoadOptions(conf.device, conf.batch_tokens, conf.max_batch_size))
+    return TextRerankerAdapter(text)
 
 
 def _scores_below(floor: float, n: int) -> np.ndarray:

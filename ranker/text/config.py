@@ -208,28 +208,57 @@ DEFAULT_LLM_PROMPT = (
     "Query: {query}\nDocument: {document}\nIs the document relevant to the query? Answer yes or no."
 )
 
+#: The query-likelihood prompt of the LLM kind: only ``{document}`` is filled in; the query is
+#: what the model is asked to write (the question-generation prompt of UPR, Sachan et al. 2022).
+DEFAULT_LLM_LIKELIHOOD_PROMPT = (
+    "Passage: {document}\nPlease write a question based on this passage."
+)
+
+#: How the LLM kind scores a pair.
+LLM_SCORINGS: tuple[str, ...] = ("yes-no", "query-likelihood")
+
 
 @dataclass(frozen=True)
 class LLMPointwiseOptions(KindOptions):
-    """Pointwise LLM relevance: ``prompt`` as the user turn of the model's chat template, the
-    score is logit(yes) - logit(no) at the answer's first position.
+    """Pointwise LLM relevance, ``prompt`` as the user turn of the model's chat template.
 
-    Several spellings count for each answer (``yes_tokens``, ``no_tokens``; their logits are
-    combined by log-sum-exp), since an instruct model may open its answer with "Yes" as well as
-    "yes". Each must be one token of the vocabulary. The query is cut to ``query_length``
-    tokens and the document to what ``max_length`` leaves.
+    ``scoring`` ``"yes-no"`` (the default): the prompt holds the query and the document, and
+    the score is logit(yes) - logit(no) at the answer's first position. Several spellings count
+    for each answer (``yes_tokens``, ``no_tokens``; their logits are combined by log-sum-exp),
+    since an instruct model may open its answer with "Yes" as well as "yes". Each must be one
+    token of the vocabulary.
+
+    ``scoring`` ``"query-likelihood"``: the prompt holds only the document and asks for a
+    question; the score is the mean log-probability of the query's tokens (and the token that
+    closes the model's turn) as the model's answer. The default prompt follows the scoring.
+
+    The query is cut to ``query_length`` tokens and the document to what ``max_length`` leaves.
     """
 
     prompt: str = DEFAULT_LLM_PROMPT
     query_length: int = 64
     yes_tokens: tuple[str, ...] = ("yes", "Yes")
     no_tokens: tuple[str, ...] = ("no", "No")
+    scoring: str = "yes-no"
 
     TUPLES: ClassVar[tuple[str, ...]] = ("yes_tokens", "no_tokens")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _at_least("query_length", self.query_length, 1)
+        if self.scoring not in LLM_SCORINGS:
+            raise InvalidRequest(
+                f"Invalid LLM scoring {self.scoring!r}. Valid: {', '.join(LLM_SCORINGS)}"
+            )
+        if self.scoring == "query-likelihood":
+            if self.prompt == DEFAULT_LLM_PROMPT:
+                object.__setattr__(self, "prompt", DEFAULT_LLM_LIKELIHOOD_PROMPT)
+            if self.prompt.count("{query}") != 0 or self.prompt.count("{document}") != 1:
+                raise InvalidRequest(
+                    "A query-likelihood prompt needs exactly one {document} and no {query} "
+                    "(the query is the answer it scores)"
+                )
+            return
         if self.prompt.count("{query}") != 1 or self.prompt.count("{document}") != 1:
             raise InvalidRequest("The LLM prompt needs exactly one {query} and one {document}")
         if not self.yes_tokens or not self.no_tokens:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ranker.text.base import TextReranker
 from ranker.text.engine import ModelReranker
@@ -27,6 +28,13 @@ def load_directory(path: Path, name: str, options: LoadOptions) -> TextReranker:
     return serve(load_model(path), name, options)
 
 
-def zero_shot(kind: str, backbone: str, name: str, options: LoadOptions) -> TextReranker:
-    """An untrained ``kind`` model over ``backbone`` (meaningful for the LLM kind only)."""
-    return serve(create_model(kind, backbone), name, options)
+def zero_shot(
+    kind: str,
+    backbone: str,
+    name: str,
+    options: LoadOptions,
+    kind_options: dict[str, Any] | None = None,
+) -> TextReranker:
+    """An untrained ``kind`` model over ``backbone`` with ``kind_options`` (meaningful for the
+    LLM kind only)."""
+    return serve(create_model(kind, backbone, kind_options), name, options)

