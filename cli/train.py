@@ -16,6 +16,8 @@ import typer
 from cli.support import friendly, setup_cli
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from embedder.train.data import TrainExample
 
 app = typer.Typer(
@@ -269,6 +271,14 @@ def reranker(
             "nDCG@10 (--option normalization=minmax|zscore, --option step=0.1)"
         ),
     ] = None,
+    component_run: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="--kind fusion: NAME=FILE, a run the component NAME made before on the same "
+            "candidates (quarry train rerank-run, quarry eval rerank; JSON or TREC, .gz too), "
+            "used instead of scoring again; repeatable"
+        ),
+    ] = None,
     beir: Annotated[
         Path | None,
         typer.Option(help="BEIR folder: positives from its qrels, BM25 hard negatives"),
@@ -404,13 +414,20 @@ def reranker(
             seed=seed,
         )
         summary = _train_fusion(
-            out, components, source, options, folds=folds, seed=seed, device=device
+            out,
+            components,
+            source,
+            options,
+            folds=folds,
+            seed=seed,
+            device=device,
+            given_runs=component_run or [],
         )
         typer.echo(f"Trained fusion reranker: {out}")
         typer.echo(json.dumps(summary, indent=2))
         return
-    if components is not None:
-        raise InvalidRequest("--components is for --kind fusion")
+    if components is not None or component_run:
+        raise InvalidRequest("--components and --component-run are for --kind fusion")
     if max_length is not None:
         options["max_length"] = max_length
     config = RerankTrainConfig(
@@ -469,20 +486,28 @@ def _train_fusion(
     folds: int | None,
     seed: int,
     device: str,
+    given_runs: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``quarry train reranker --kind fusion``: fit fusion weights on nDCG@10 (ranx) over the
-    source's judged queries, or per fold over each fold's training queries only."""
-    from collections.abc import Mapping, Sequence
+    source's judged queries, or per fold over each fold's training queries only. Components
+    with a run in ``given_runs`` (``NAME=FILE``) are read from it, not scored again."""
+    from collections.abc import Mapping
 
     from core.errors import InvalidRequest
     from evaluation.metrics import evaluate_run
     from evaluation.rerank import measure_reranking
     from ranker.text.registry import LoadOptions
-    from ranker.text.train.fusion import DEFAULT_STEP, train_fusion, train_fusion_kfold
+    from ranker.text.train.fusion import (
+        DEFAULT_STEP,
+        component_runs,
+        train_fusion,
+        train_fusion_kfold,
+    )
 
     names = [c.strip() for c in (components or "").split(",") if c.strip()]
     if not names:
         raise InvalidRequest("--kind fusion needs --components NAME,NAME,...")
+    given = _given_runs(given_runs, names)
     unknown = sorted(set(options) - {"normalization", "step"})
     if unknown:
         raise InvalidRequest(
@@ -509,6 +534,7 @@ def _train_fusion(
         return ndcg10
 
     load = LoadOptions(device=device)
+    runs = {**given, **component_runs([n for n in names if n not in given], cands, load)}
     meta = {"data": source.describe(), "objective": "ndcg@10"}
     if folds is not None:
         result = train_fusion_kfold(
@@ -521,6 +547,7 @@ def _train_fusion(
             normalization=normalization,
             step=step,
             options=load,
+            runs=runs,
             metadata=meta,
         )
         return {
@@ -536,9 +563,35 @@ def _train_fusion(
         normalization=normalization,
         step=step,
         options=load,
+        runs=runs,
         metadata=meta,
     )
     return {"components": config.names, "weights": config.weights, "fit": config.fit}
+
+
+def _given_runs(specs: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``--component-run NAME=FILE`` values read: ``{component: run}``."""
+    from core.datasets import load_run
+    from core.errors import InvalidRequest
+
+    runs: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        name, sep, file = spec.partition("=")
+        name, file = name.strip(), file.strip()
+        if not sep or not name or not file:
+            raise InvalidRequest(f"--component-run takes NAME=FILE, got {spec!r}")
+        if name not in names:
+            raise InvalidRequest(
+                f"--component-run names {name!r}, which is not one of --components "
+                f"({', '.join(names)})"
+            )
+        if name in runs:
+            raise InvalidRequest(f"--component-run gives {name!r} twice")
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise InvalidRequest(f"--component-run {name}: no such file {path}")
+        runs[name] = load_run(path)
+    return runs
 
 
 @app.command("rerank-run")

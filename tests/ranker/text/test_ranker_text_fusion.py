@@ -214,6 +214,30 @@ def test_cli_fits_fusion_folds(tmp_path: Path, tiny_bert: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (out / "pooled.run.json").is_file() and (out / "folds.json").is_file()
     assert load_reranker(str(out / "fold-0"), CPU).kind == "fusion"
+    # The same fit from the component run saved by the first one (not scored again).
+    index = json.loads((out / "component-runs" / "index.json").read_text())
+    saved = out / "component-runs" / next(f for f, n in index.items() if n == str(li))
+    again = tmp_path / "fusion-again"
+    common = [
+        "train", "reranker", "--kind", "fusion", "--components", f"first-stage,{li}",
+        "--candidates", str(cands_path), "--qrels", str(qrels_path), "--folds", "3",
+        "--option", "step=0.5", "--device", "cpu",
+    ]  # fmt: skip
+    result = CliRunner().invoke(
+        app, [*common, "--component-run", f"{li}={saved}", "--out", str(again)]
+    )
+    assert result.exit_code == 0, result.output
+    pooled = json.loads((out / "pooled.run.json").read_text())
+    assert json.loads((again / "pooled.run.json").read_text()) == pooled
+    for spec, message in [
+        (f"{li}", "takes NAME=FILE"),
+        (f"other={saved}", "not one of --components"),
+        (f"{li}={tmp_path / 'missing.json'}", "no such file"),
+    ]:
+        bad = CliRunner().invoke(
+            app, [*common, "--component-run", spec, "--out", str(tmp_path / "y")]
+        )
+        assert bad.exit_code != 0 and message in bad.output, bad.output
     bad = CliRunner().invoke(
         app, ["train", "reranker", "--kind", "fusion", "--candidates", str(cands_path),
               "--qrels", str(qrels_path), "--out", str(tmp_path / "x")],
