@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RerankOutcome",
     "RerankerFailed",
+    "arerank",
     "check_query",
     "check_reranker_allowed",
     "default_reranker",
@@ -180,23 +181,55 @@ def rerank(
     search stage, whose documents are stored texts) a too long document is cut to the limit
     instead of refused; rerankers read only their first few hundred tokens anyway.
     """
-    settings = c.settings
+    name, texts = _admit(c.settings, query, documents, model, top_n, truncate)
+    t0 = time.perf_counter()
+    raw = c.serving.rerank(name, query, texts)
+    return _outcome(c, name, raw, len(texts), top_n, t0)
+
+
+async def arerank(
+    c: Container,
+    query: str,
+    documents: Sequence[str],
+    *,
+    model: str | None = None,
+    top_n: int | None = None,
+) -> RerankOutcome:
+    """:func:`rerank` from the event loop (``POST /v1/rerank``): the same checks and answer;
+    the scoring is awaited on the reranker's queue instead of holding a thread."""
+    name, texts = _admit(c.settings, query, documents, model, top_n, False)
+    t0 = time.perf_counter()
+    raw = await c.serving.arerank(name, query, texts)
+    return _outcome(c, name, raw, len(texts), top_n, t0)
+
+
+def _admit(
+    settings: Settings,
+    query: str,
+    documents: Sequence[str],
+    model: str | None,
+    top_n: int | None,
+    truncate: bool,
+) -> tuple[str, list[str]]:
+    """The reranker's name and the documents' texts, once every limit is checked."""
     check_query(settings, query)
     texts = _check_documents(settings, documents, truncate)
     if top_n is not None and (isinstance(top_n, bool) or top_n < 1):
         raise InvalidRequest(f"top_n must be at least 1, not {top_n}")
-    name = resolve_reranker(settings, model)
+    return resolve_reranker(settings, model), texts
 
-    t0 = time.perf_counter()
-    reranker = c.rerankers.get(name)
-    raw = c.serving.rerank(name, query, texts)
+
+def _outcome(
+    c: Container, name: str, raw: Any, n: int, top_n: int | None, t0: float
+) -> RerankOutcome:
+    """The checked scores in order, best first (ties in input order), at most ``top_n``."""
     try:
         scores = np.asarray(raw, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise RerankerFailed(f"Reranker {name!r} returned unusable scores: {exc}") from exc
-    if scores.shape != (len(texts),):
+    if scores.shape != (n,):
         raise RerankerFailed(
-            f"Reranker {name!r} returned {scores.size} scores for {len(texts)} documents",
+            f"Reranker {name!r} returned {scores.size} scores for {n} documents",
             details={"model": name},
         )
     if not np.isfinite(scores).all():
@@ -208,11 +241,12 @@ def rerank(
     if top_n is not None:
         order = order[:top_n]
     timings = {"rerank_ms": round((time.perf_counter() - t0) * 1000.0, 3)}
+    reranker = c.rerankers.get(name)  # loaded by now: a dictionary lookup
     return RerankOutcome(
         model=name,
         kind=str(getattr(reranker, "kind", "")),
-        indices=[int(i) for i in order],
-        scores=[float(scores[i]) for i in order],
-        documents=len(texts),
+        indices=order.tolist(),
+        scores=scores[order].tolist(),
+        documents=n,
         timings=timings,
     )

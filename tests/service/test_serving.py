@@ -149,3 +149,41 @@ def test_concurrent_rerank_requests_share_batches_and_get_their_own_scores() -> 
         assert max(reranker.calls) > 1  # requests were merged into one score_many call
     finally:
         serving.close()
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_async_rerank_gives_the_same_scores_from_the_event_loop(batching: bool) -> None:
+    """``arerank`` (the /v1/rerank path): the first call loads the reranker on a thread, later
+    ones await the queue from the loop; concurrent awaits are merged into one batch when
+    batching is on, and each gets its own scores."""
+    import asyncio
+    import threading
+
+    reranker = ManyReranker()
+    loaded_on: list[str] = []
+
+    class RPool:
+        def get(self, name: str) -> ManyReranker:
+            loaded_on.append(threading.current_thread().name)
+            return reranker
+
+    serving = Serving(
+        ServingSettings(batching=batching, workers=1, max_wait_ms=50),
+        None,  # type: ignore[arg-type]
+        RPool(),  # type: ignore[arg-type]
+    )
+
+    async def main() -> list[list[float]]:
+        first = await serving.arerank("fake", "q", ["a", "bb"])
+        assert first.tolist() == [2, 3]
+        assert loaded_on[0] != threading.current_thread().name  # loading ran on a thread
+        calls = [serving.arerank("fake", "q" * i, ["a", "bb", "c" * i]) for i in range(1, 9)]
+        return [s.tolist() for s in await asyncio.gather(*calls)]
+
+    try:
+        scores = asyncio.run(main())
+        assert scores == [[i + 1, i + 2, 2 * i] for i in range(1, 9)]
+        if batching:
+            assert max(reranker.calls) > 1  # awaited requests were merged
+    finally:
+        serving.close()
