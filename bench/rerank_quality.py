@@ -65,7 +65,12 @@ MICRO_BATCH: dict[str, int] = {"llm": 8}
 CHECKPOINT_EVERY: dict[str, int] = {"llm": 50}
 #: The LLM's packaged backbone (dequantised once, see :func:`_plain_llm`).
 LLM_PACKAGED = "smollm2"
-ZERO_SHOT_LLM = "smollm2-pointwise"
+#: The packaged zero-shot LLM rerankers and their LLM-kind options (loaded here from the
+#: dequantised directory of :func:`_plain_llm`, the same weights).
+ZERO_SHOT_LLMS: dict[str, dict[str, Any]] = {
+    "smollm2-pointwise": {},
+    "smollm2-likelihood": {"scoring": "query-likelihood"},
+}
 
 
 def _log(message: str) -> None:
@@ -171,11 +176,11 @@ def _plain_llm(work: Path) -> str:
 def _zero_shot(name: str, work: Path, options: LoadOptions) -> Any:
     from ranker.text.registry import load_reranker
 
-    if name != ZERO_SHOT_LLM:
+    if name not in ZERO_SHOT_LLMS:
         return load_reranker(name, options)
     from ranker.text.loaders import zero_shot
 
-    return zero_shot("llm", _plain_llm(work), name, options)
+    return zero_shot("llm", _plain_llm(work), name, options, ZERO_SHOT_LLMS[name])
 
 
 def _score(reranker: Any, cands: CandidateSet, path: Path) -> None:
