@@ -63,11 +63,23 @@ TRAINED = [
     ("knrm", {"head_lr": 0.1, "backbone_training": "full", "lr": 1e-2}),
     # A random decoder has to learn to route the match to the answer position: slower.
     ("llm", {"lr": 1e-2, "steps": 150, "lora_r": 16, "lora_dropout": 0.0}),
+    # Query likelihood: the planted query must become the likeliest question of its passage.
+    (
+        "llm",
+        {
+            "lr": 1e-2,
+            "steps": 150,
+            "lora_r": 16,
+            "lora_dropout": 0.0,
+            "options": {"scoring": "query-likelihood"},
+        },
+    ),
     ("dense", {"lr": 1e-3}),
 ]
+TRAINED_IDS = ["cross-encoder", "late-interaction", "knrm", "llm", "llm-likelihood", "dense"]
 
 
-@pytest.mark.parametrize(("kind", "over"), TRAINED, ids=[k for k, _ in TRAINED])
+@pytest.mark.parametrize(("kind", "over"), TRAINED, ids=TRAINED_IDS)
 def test_toy_reranker_learns_to_rank_the_planted_document_first(
     kind: str, over: dict[str, Any], tiny_bert: Path, tiny_llama: Path, tmp_path: Path
 ) -> None:
