@@ -52,10 +52,10 @@ from ranker.text.model import PairRerankModel, pad_sequences, register_model
 logger = logging.getLogger(__name__)
 
 _QUERY_SLOT = "\u27e6QUERY\u27e7"
+_DOCUMENT_SLOT = "\u27e6DOCUMENT\u27e7"
 #: Answer positions sent through the output layer at once (query likelihood): bounds the
 #: (positions x vocabulary) logits held at a time.
 _LOGIT_CHUNK = 2048
-_DOCUMENT_SLOT = "\u27e6DOCUMENT\u27e7"
 
 
 @dataclass
