@@ -1,11 +1,12 @@
 """Text rerankers: one interface (:class:`TextReranker`), kinds registered by name, a pool.
 
 Kinds: ``cross-encoder``, ``late-interaction`` (ColBERT), ``knrm`` (K-NRM), ``llm``
-(pointwise: yes/no log-odds or query likelihood), ``dense`` (a trainable bi-encoder), ``fusion`` (weighted
-per-query-normalised scores of other rerankers, :mod:`ranker.text.fusion`) and the
-``embedder:MODEL`` bi-encoder stand-in; packaged names: ``quarry-li-cranfield`` (shipped
-weights), ``smollm2-pointwise`` and ``smollm2-likelihood`` (zero-shot). Methods and numbers: ``docs/methods.md``
-("Rerankers"); training: :mod:`ranker.text.train`.
+(pointwise: yes/no log-odds or query likelihood), ``dense`` (a trainable bi-encoder),
+``fusion`` (weighted per-query-normalised scores of other rerankers,
+:mod:`ranker.text.fusion`) and the ``embedder:MODEL`` bi-encoder stand-in; packaged names:
+``quarry-li-cranfield`` (shipped weights), ``smollm2-pointwise`` and ``smollm2-likelihood``
+(zero-shot). Methods and numbers: ``docs/methods.md`` ("Rerankers"); training:
+:mod:`ranker.text.train`.
 
 Importing this package loads no model and does not import torch.
 """
