@@ -135,9 +135,7 @@ def make_reranker(spec: str, settings: Settings) -> Reranker:
         valid = [_USAGE.get(n, n) for n in RERANKERS]
         valid += [n for n in valid_names() if not n.startswith("embedder:")]
         raise InvalidRequest(f"Unknown reranker {spec!r}. Valid rerankers: {', '.join(valid)}")
-    conf = settings.rerank
-    text = load_reranker(spec, LoadOptions(conf.device, conf.batch_tokens, conf.max_batch_size))
-    return TextRerankerAdapter(text)
+    return TextRerankerAdapter(load_reranker(spec, LoadOptions.from_settings(settings)))
 
 
 def _scores_below(floor: float, n: int) -> np.ndarray:

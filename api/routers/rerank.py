@@ -29,16 +29,13 @@ async def rerank(body: RerankRequest, c: ContainerDep) -> Any:
     first, the best `top_n` of them."""
     texts = [d.text if isinstance(d, RerankDocument) else d for d in body.documents]
     out = await arerank(c, body.query, texts, model=body.model, top_n=body.top_n)
+    results: list[dict[str, Any]] = [
+        {"index": i, "relevance_score": score}
+        for i, score in zip(out.indices, out.scores, strict=True)
+    ]
     if body.return_documents:
-        results = [
-            {"index": i, "relevance_score": score, "document": {"text": texts[i]}}
-            for i, score in zip(out.indices, out.scores, strict=True)
-        ]
-    else:
-        results = [
-            {"index": i, "relevance_score": score}
-            for i, score in zip(out.indices, out.scores, strict=True)
-        ]
+        for result in results:
+            result["document"] = {"text": texts[result["index"]]}
     return {
         "model": out.model,
         "results": results,

@@ -65,6 +65,12 @@ class LoadOptions:
     batch_tokens: int | None = None
     max_batch_size: int = 256
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoadOptions:
+        """The server's ``QUARRY_RERANK__DEVICE``, ``__BATCH_TOKENS`` and ``__MAX_BATCH_SIZE``."""
+        conf = settings.rerank
+        return cls(conf.device, conf.batch_tokens, conf.max_batch_size)
+
 
 KindLoader = Callable[[Path, str, LoadOptions], TextReranker]
 """``loader(model_dir, name, options)`` for a directory of that kind."""
@@ -220,8 +226,7 @@ class RerankerPool:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RerankerPool:
-        conf = settings.rerank
-        return cls(LoadOptions(conf.device, conf.batch_tokens, conf.max_batch_size))
+        return cls(LoadOptions.from_settings(settings))
 
     def get(self, name: str) -> TextReranker:
         with self._lock:
